@@ -1,0 +1,10 @@
+// One registration function per bound part of the C++ runtime.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace terra::python {
+
+void BindControl(pybind11::module_& m);
+
+}  // namespace terra::python

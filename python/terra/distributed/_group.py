@@ -1,0 +1,109 @@
+import atexit
+import os
+import time
+
+from terra import _C
+
+_DEFAULT_TIMEOUT_S = 300.0
+
+
+class _Group:
+    def __init__(self, rank, world_size, local_rank, client, heartbeat):
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self.client = client
+        self.heartbeat = heartbeat
+        self.rendezvous_s = 0.0
+
+
+_group = None
+
+
+def _launched_by_terrarun():
+    return os.environ.get("TERRA_LAUNCHER") == "terrarun" and "TERRA_JOB_SECRET" in os.environ
+
+
+def _env_int(name, default=None):
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise _C.TerraError(f"{name} is not set: launch the program with terrarun")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise _C.TerraError(f"{name}={value!r} is not an integer") from None
+
+
+def init(timeout=_DEFAULT_TIMEOUT_S):
+    """Joins the job: connects to the control plane, starts the heartbeat, and
+    waits until every rank has joined. Idempotent. Runs at ``import terra``
+    under terrarun."""
+    global _group
+    if _group is not None:
+        return
+    start = time.perf_counter()
+    if not _launched_by_terrarun():
+        world = _env_int("WORLD_SIZE", 1)
+        if world != 1:
+            raise _C.TerraError(
+                f"WORLD_SIZE={world} but this process was not started by terrarun: "
+                "run it as `terrarun -np N program.py`")
+        _group = _Group(0, 1, 0, None, None)
+        return
+    rank_ = _env_int("RANK")
+    world = _env_int("WORLD_SIZE")
+    local = _env_int("LOCAL_RANK", rank_)
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = _env_int("MASTER_PORT")
+    secret = os.environ["TERRA_JOB_SECRET"]
+    interval = _env_int("TERRA_HEARTBEAT_INTERVAL_MS", 1000) / 1000.0
+    if not 0 <= rank_ < world:
+        raise _C.TerraError(f"RANK={rank_} is outside WORLD_SIZE={world}")
+    client = _C.ControlClient(host, port, secret, rank_, timeout)
+    heartbeat = _C.Heartbeat(host, port, secret, rank_, interval)
+    _group = _Group(rank_, world, local, client, heartbeat)
+    client.barrier("terra/init", world, timeout)
+    _group.rendezvous_s = time.perf_counter() - start
+    atexit.register(shutdown)
+
+
+def is_initialized():
+    return _group is not None
+
+
+def _require():
+    if _group is None:
+        init()
+    return _group
+
+
+def rank():
+    return _require().rank
+
+
+def world_size():
+    return _require().world_size
+
+
+def local_rank():
+    return _require().local_rank
+
+
+def barrier(name="terra/barrier", timeout=_DEFAULT_TIMEOUT_S):
+    """Blocks until every rank has called barrier() with the same name as
+    many times; raises terra.TerraTimeoutError after `timeout` seconds."""
+    group = _require()
+    if group.client is not None:
+        group.client.barrier(name, group.world_size, timeout)
+
+
+def shutdown():
+    """Leaves the job cleanly: the heartbeat says goodbye, so exiting is not
+    mistaken for a lost rank."""
+    global _group
+    group, _group = _group, None
+    if group is not None:
+        group.heartbeat = None
+        group.client = None
