@@ -16,4 +16,16 @@ from terra.distributed._group import (
     _launched_by_terrarun,
 )
 
-__all__ = ["init", "is_initialized", "shutdown", "rank", "world_size", "local_rank", "barrier"]
+from terra.distributed._data import shard, shard_indices
+
+
+def __getattr__(name):
+    # Imported on first use: torch.distributed is slow to import.
+    if name in ("TorchStore", "init_torch_process_group"):
+        from terra.distributed import _torch_store
+        return getattr(_torch_store, name)
+    raise AttributeError(name)
+
+
+__all__ = ["init", "is_initialized", "shutdown", "rank", "world_size", "local_rank", "barrier",
+           "shard", "shard_indices", "TorchStore", "init_torch_process_group"]
