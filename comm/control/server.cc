@@ -1,57 +1,18 @@
 #include "comm/control/server.h"
 
-#include <algorithm>
-#include <atomic>
-#include <deque>
-#include <map>
-#include <mutex>
-#include <set>
-#include <string_view>
-#include <thread>
-#include <utility>
-#include <vector>
-
-#include <boost/asio.hpp>
-
-#include "comm/control/protocol.h"
-#include "comm/control/store.h"
+#include "comm/control/server_impl.h"
 #include "runtime/base/check.h"
 #include "runtime/base/log.h"
-#include "runtime/base/status.h"
 
 namespace terra::comm::control {
 namespace {
 
-namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 // Before the handshake a peer is a stranger: its frames may not make us
 // allocate more than this, whatever max_message_bytes allows afterwards.
 constexpr uint32_t kMaxHelloBytes = 64u << 10;
-// Longest wait a kGet or kWait may ask for; longer ones are clamped.
-constexpr milliseconds kMaxWait = std::chrono::hours(24 * 30);
-
-// Compares in time that depends on the expected secret's length only.
-bool SecretsEqual(std::string_view expected, std::string_view given) {
-  unsigned char diff = expected.size() == given.size() ? 0 : 1;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    unsigned char other = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
-    diff |= static_cast<unsigned char>(expected[i]) ^ other;
-  }
-  return diff == 0;
-}
-
-Message ErrorReply(StatusCode code, std::string text) {
-  return Message{MessageType::kError, {std::move(text)}, {static_cast<int64_t>(code)}};
-}
-
-std::string QuotedList(const std::vector<std::string>& keys) {
-  std::string out;
-  for (const std::string& key : keys) out += StrCat(out.empty() ? "" : ", ", "'", key, "'");
-  return out;
-}
 
 }  // namespace
 
@@ -63,116 +24,10 @@ const char* RankLostReasonName(RankLostReason reason) {
   return "unknown";
 }
 
-// Everything below runs on the I/O thread except the public entry points
-// (constructor, SetRankLostHandler, Start, Stop and the accessors).
-class ControlServer::Impl {
- public:
-  explicit Impl(ServerOptions options)
-      : options_(std::move(options)),
-        acceptor_(io_),
-        accept_retry_(io_),
-        heartbeat_check_(io_) {}
-
-  void SetRankLostHandler(RankLostHandler handler) {
-    std::lock_guard lock(handler_mutex_);
-    handler_ = std::move(handler);
-  }
-
-  void Start();
-  void Stop();
-
-  uint16_t port() const { return port_.load(); }
-  int64_t refused_connections() const { return refused_.load(); }
-  int64_t malformed_messages() const { return malformed_.load(); }
-
- private:
-  struct Parked;
-
-  struct Connection {
-    Connection(tcp::socket s, asio::io_context& io)
-        : socket(std::move(s)), handshake_timer(io) {}
-    tcp::socket socket;
-    asio::steady_timer handshake_timer;
-    std::string peer;
-    unsigned char header[4] = {};
-    std::string payload;
-    std::deque<std::string> outbox;  // whole frames; the front one is being written
-    bool writing = false;
-    bool close_after_write = false;
-    bool closed = false;
-    bool handshaken = false;
-    bool goodbye = false;
-    Channel channel = Channel::kStore;
-    int64_t rank = kObserverRank;
-    std::vector<std::shared_ptr<Parked>> parked;
-  };
-  using ConnPtr = std::shared_ptr<Connection>;
-
-  // A kGet or kWait waiting for its keys; answered exactly once (done).
-  struct Parked {
-    explicit Parked(asio::io_context& io) : timer(io) {}
-    asio::steady_timer timer;
-    Store::ParkId id = 0;
-    bool done = false;
-  };
-
-  // A rank whose heartbeat channel is open.
-  struct Watched {
-    Clock::time_point last_seen;
-    const Connection* connection = nullptr;
-  };
-
-  void Accept();
-  void ReadHeader(const ConnPtr& c);
-  void OnPayload(const ConnPtr& c);
-  void OnHello(const ConnPtr& c, const Message& m);
-  bool OnStoreRequest(const ConnPtr& c, const Message& m);
-  bool OnHeartbeatMessage(const ConnPtr& c, const Message& m);
-  void Park(const ConnPtr& c, std::vector<std::string> keys, int64_t timeout_ms, bool is_get);
-  void Finish(const ConnPtr& c, const std::shared_ptr<Parked>& p);
-  void Send(const ConnPtr& c, const Message& m);
-  void SendAndClose(const ConnPtr& c, const Message& m);
-  void WriteNext(const ConnPtr& c);
-  void Refuse(const ConnPtr& c, StatusCode code, std::string why);
-  void Reject(const ConnPtr& c, std::string why);
-  void Close(const ConnPtr& c);
-  void CheckHeartbeats();
-  void ReportLost(int64_t rank, RankLostReason reason, milliseconds silent_for);
-
-  milliseconds CheckPeriod() const {
-    return std::clamp(options_.heartbeat_timeout / 10, milliseconds(10), milliseconds(1000));
-  }
-
-  const ServerOptions options_;
-  // Declared first so that it is destroyed last: handlers still queued in it
-  // own connections whose sockets and timers belong to it.
-  asio::io_context io_;
-  tcp::acceptor acceptor_;
-  asio::steady_timer accept_retry_;
-  asio::steady_timer heartbeat_check_;
-  std::set<ConnPtr> connections_;
-  Store store_;
-  std::map<int64_t, Watched> watched_;
-  std::set<int64_t> reported_;
-  bool stopping_ = false;
-
-  std::mutex handler_mutex_;
-  RankLostHandler handler_;
-
-  std::mutex lifecycle_mutex_;  // Start and Stop
-  bool started_ = false;
-  bool stopped_ = false;
-  std::thread thread_;
-  std::atomic<std::thread::id> io_thread_id_{};
-
-  std::atomic<uint16_t> port_{0};
-  std::atomic<int64_t> refused_{0};
-  std::atomic<int64_t> malformed_{0};
-};
-
 void ControlServer::Impl::Start() {
   std::lock_guard lock(lifecycle_mutex_);
-  TERRA_CHECK(!started_, "ControlServer::Start called twice; create a new server instead");
+  TERRA_CHECK(!started_ && !stopped_,
+              "ControlServer::Start called twice or after Stop; create a new server instead");
   std::string where = StrCat(options_.bind_address, ":", options_.port);
   boost::system::error_code ec;
   tcp::resolver resolver(io_);
@@ -306,140 +161,6 @@ void ControlServer::Impl::OnPayload(const ConnPtr& c) {
   if (keep_reading) ReadHeader(c);
 }
 
-void ControlServer::Impl::OnHello(const ConnPtr& c, const Message& m) {
-  if (m.type != MessageType::kHello) {
-    Refuse(c, StatusCode::kPermissionDenied,
-           StrCat("expected kHello as the first message, got ", MessageTypeName(m.type),
-                  "; only Terra control-plane clients may connect here"));
-    return;
-  }
-  if (!SecretsEqual(options_.secret, m.strings[0])) {
-    Refuse(c, StatusCode::kPermissionDenied,
-           "wrong job secret: this process is not part of this job; start it with the "
-           "launcher of the job it should join");
-    return;
-  }
-  int64_t version = m.ints[0];
-  int64_t rank = m.ints[1];
-  int64_t channel = m.ints[2];
-  if (version != kProtocolVersion) {
-    Refuse(c, StatusCode::kInvalidArgument,
-           StrCat("protocol version mismatch: the control plane speaks version ",
-                  kProtocolVersion, ", this process version ", version,
-                  "; the launcher and the ranks must run the same Terra release"));
-    return;
-  }
-  if (channel != static_cast<int64_t>(Channel::kStore) &&
-      channel != static_cast<int64_t>(Channel::kHeartbeat)) {
-    Refuse(c, StatusCode::kInvalidArgument, StrCat("unknown control-plane channel ", channel));
-    return;
-  }
-  if (rank < kObserverRank) {
-    Refuse(c, StatusCode::kInvalidArgument, StrCat("invalid rank ", rank));
-    return;
-  }
-  c->handshaken = true;
-  c->handshake_timer.cancel();
-  c->channel = static_cast<Channel>(channel);
-  c->rank = rank;
-  Send(c, Message{MessageType::kOk, {}, {}});
-  if (c->channel == Channel::kHeartbeat && rank != kObserverRank) {
-    if (reported_.count(rank) != 0) {
-      TERRA_LOG(kWarning, "control plane: rank ", rank,
-                " reconnected its heartbeat after it was reported lost; not watching it again");
-    } else {
-      watched_[rank] = Watched{Clock::now(), c.get()};
-    }
-  }
-  ReadHeader(c);
-}
-
-bool ControlServer::Impl::OnStoreRequest(const ConnPtr& c, const Message& m) {
-  switch (m.type) {
-    case MessageType::kSet:
-      store_.Set(m.strings[0], m.strings[1]);
-      Send(c, Message{MessageType::kOk, {}, {}});
-      return true;
-    case MessageType::kGet:
-      if (const std::string* value = store_.Find(m.strings[0])) {
-        Send(c, Message{MessageType::kValue, {*value}, {}});
-      } else {
-        Park(c, m.strings, m.ints[0], /*is_get=*/true);
-      }
-      return true;
-    case MessageType::kWait:
-      if (store_.HasAll(m.strings)) {
-        Send(c, Message{MessageType::kOk, {}, {}});
-      } else {
-        Park(c, m.strings, m.ints[0], /*is_get=*/false);
-      }
-      return true;
-    case MessageType::kAdd: {
-      std::string error;
-      std::optional<int64_t> sum = store_.Add(m.strings[0], m.ints[0], &error);
-      Send(c, sum ? Message{MessageType::kInteger, {}, {*sum}}
-                  : ErrorReply(StatusCode::kInvalidArgument, error));
-      return true;
-    }
-    case MessageType::kCheck:
-      Send(c, Message{MessageType::kInteger, {}, {store_.HasAll(m.strings) ? 1 : 0}});
-      return true;
-    default:
-      Reject(c, StrCat("unexpected ", MessageTypeName(m.type), " on a store connection"));
-      return false;
-  }
-}
-
-bool ControlServer::Impl::OnHeartbeatMessage(const ConnPtr& c, const Message& m) {
-  auto it = watched_.find(c->rank);
-  bool mine = it != watched_.end() && it->second.connection == c.get();
-  switch (m.type) {
-    case MessageType::kHeartbeat:
-      if (mine) it->second.last_seen = Clock::now();
-      return true;
-    case MessageType::kGoodbye:
-      c->goodbye = true;
-      if (mine) watched_.erase(it);
-      return true;
-    default:
-      Reject(c, StrCat("unexpected ", MessageTypeName(m.type), " on a heartbeat connection"));
-      return false;
-  }
-}
-
-void ControlServer::Impl::Park(const ConnPtr& c, std::vector<std::string> keys,
-                               int64_t timeout_ms, bool is_get) {
-  auto p = std::make_shared<Parked>(io_);
-  c->parked.push_back(p);
-  std::string key = keys[0];
-  p->id = store_.Park(keys, [this, c, p, is_get, key] {
-    Finish(c, p);
-    if (is_get) {
-      Send(c, Message{MessageType::kValue, {*store_.Find(key)}, {}});
-    } else {
-      Send(c, Message{MessageType::kOk, {}, {}});
-    }
-  });
-  milliseconds timeout = std::clamp(milliseconds(timeout_ms), milliseconds(0), kMaxWait);
-  p->timer.expires_after(timeout);
-  p->timer.async_wait([this, c, p, keys = std::move(keys),
-                       timeout](const boost::system::error_code& ec) {
-    if (ec || p->done) return;
-    Finish(c, p);
-    Send(c, ErrorReply(StatusCode::kTimeout,
-                       StrCat("timed out after ", timeout.count(), " ms waiting for ",
-                              keys.size() == 1 ? "key " : "keys ", QuotedList(keys),
-                              " (missing: ", QuotedList(store_.Missing(keys)), ")")));
-  });
-}
-
-void ControlServer::Impl::Finish(const ConnPtr& c, const std::shared_ptr<Parked>& p) {
-  p->done = true;
-  p->timer.cancel();
-  store_.Cancel(p->id);
-  std::erase(c->parked, p);
-}
-
 void ControlServer::Impl::Send(const ConnPtr& c, const Message& m) {
   if (c->closed) return;
   c->outbox.push_back(EncodeFrame(m));
@@ -492,36 +213,20 @@ void ControlServer::Impl::Close(const ConnPtr& c) {
   for (const auto& p : std::vector(c->parked)) Finish(c, p);
   connections_.erase(c);
   if (stopping_ || !c->handshaken || c->channel != Channel::kHeartbeat || c->goodbye) return;
-  auto it = watched_.find(c->rank);
-  if (it == watched_.end() || it->second.connection != c.get()) return;
-  auto silent_for = std::chrono::duration_cast<milliseconds>(Clock::now() - it->second.last_seen);
-  watched_.erase(it);
-  ReportLost(c->rank, RankLostReason::kConnectionClosed, silent_for);
+  if (auto event = heartbeats_.Closed(c->rank, c.get(), Clock::now())) ReportLost(*event);
 }
 
 void ControlServer::Impl::CheckHeartbeats() {
-  Clock::time_point now = Clock::now();
-  for (auto it = watched_.begin(); it != watched_.end();) {
-    auto silent_for = std::chrono::duration_cast<milliseconds>(now - it->second.last_seen);
-    if (silent_for > options_.heartbeat_timeout) {
-      int64_t rank = it->first;
-      it = watched_.erase(it);
-      ReportLost(rank, RankLostReason::kHeartbeatTimeout, silent_for);
-    } else {
-      ++it;
-    }
-  }
+  for (const RankLostEvent& event : heartbeats_.Expired(Clock::now())) ReportLost(event);
   heartbeat_check_.expires_after(CheckPeriod());
   heartbeat_check_.async_wait([this](const boost::system::error_code& ec) {
     if (!ec) CheckHeartbeats();
   });
 }
 
-void ControlServer::Impl::ReportLost(int64_t rank, RankLostReason reason,
-                                     milliseconds silent_for) {
-  if (!reported_.insert(rank).second) return;
-  TERRA_LOG(kWarning, "control plane: rank ", rank, " lost (", RankLostReasonName(reason),
-            ", silent for ", silent_for.count(), " ms)");
+void ControlServer::Impl::ReportLost(const RankLostEvent& event) {
+  TERRA_LOG(kWarning, "control plane: rank ", event.rank, " lost (",
+            RankLostReasonName(event.reason), ", silent for ", event.silent_for.count(), " ms)");
   RankLostHandler handler;
   {
     std::lock_guard lock(handler_mutex_);
@@ -529,7 +234,7 @@ void ControlServer::Impl::ReportLost(int64_t rank, RankLostReason reason,
   }
   if (!handler) return;
   try {
-    handler(RankLostEvent{rank, reason, silent_for});
+    handler(event);
   } catch (const std::exception& e) {
     TERRA_LOG(kError, "control plane: the RankLost handler threw: ", e.what());
   }

@@ -3,10 +3,13 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "comm/control/client.h"
+#include "comm/control/heartbeat_monitor.h"
 #include "comm/control/server.h"
 #include "tests/comm/control_test_util.h"
 
@@ -20,17 +23,59 @@ using testing::RawSocket;
 
 constexpr milliseconds kInterval{30};
 
+TEST(HeartbeatMonitorTest, SilenceIsReportedOnceAfterTheTimeout) {
+  HeartbeatMonitor monitor(milliseconds(100));
+  int channel = 0;
+  auto t0 = Clock::time_point();
+  ASSERT_TRUE(monitor.Open(5, &channel, t0));
+  monitor.Beat(5, &channel, t0 + milliseconds(80));
+  EXPECT_TRUE(monitor.Expired(t0 + milliseconds(180)).empty());
+  std::vector<RankLostEvent> events = monitor.Expired(t0 + milliseconds(181));
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].rank, 5);
+  EXPECT_EQ(events[0].reason, RankLostReason::kHeartbeatTimeout);
+  EXPECT_EQ(events[0].silent_for, milliseconds(101));
+  EXPECT_TRUE(monitor.Expired(t0 + milliseconds(500)).empty());
+  EXPECT_FALSE(monitor.Closed(5, &channel, t0 + milliseconds(500)));
+  EXPECT_FALSE(monitor.Open(5, &channel, t0 + milliseconds(600)));  // never watched again
+  EXPECT_EQ(monitor.watched(), 0u);
+}
+
+TEST(HeartbeatMonitorTest, OnlyTheCurrentChannelCounts) {
+  HeartbeatMonitor monitor(milliseconds(100));
+  int old_channel = 0;
+  int new_channel = 0;
+  auto t0 = Clock::time_point();
+  monitor.Open(1, &old_channel, t0);
+  monitor.Open(1, &new_channel, t0 + milliseconds(50));
+  monitor.Beat(1, &old_channel, t0 + milliseconds(140));  // stale: ignored
+  EXPECT_FALSE(monitor.Closed(1, &old_channel, t0 + milliseconds(140)));
+  auto event = monitor.Closed(1, &new_channel, t0 + milliseconds(140));
+  ASSERT_TRUE(event.has_value());
+  EXPECT_EQ(event->reason, RankLostReason::kConnectionClosed);
+  EXPECT_EQ(event->silent_for, milliseconds(90));
+}
+
+TEST(HeartbeatMonitorTest, GoodbyeEndsWatchingQuietly) {
+  HeartbeatMonitor monitor(milliseconds(100));
+  int channel = 0;
+  auto t0 = Clock::time_point();
+  monitor.Open(2, &channel, t0);
+  monitor.Goodbye(2, &channel);
+  EXPECT_FALSE(monitor.Closed(2, &channel, t0 + milliseconds(10)));
+  EXPECT_TRUE(monitor.Expired(t0 + milliseconds(1000)).empty());
+  EXPECT_TRUE(monitor.Open(2, &channel, t0 + milliseconds(1000)));  // a clean restart
+}
+
 // A server whose RankLost events are collected for the test to wait on.
 class HeartbeatTest : public ::testing::Test {
  protected:
   void StartWithTimeout(milliseconds heartbeat_timeout) {
     ServerOptions options;
+    options.bind_address = "127.0.0.1";
+    options.secret = testing::kSecret;
     options.heartbeat_timeout = heartbeat_timeout;
-    server_ = std::make_unique<ControlServer>([&] {
-      options.bind_address = "127.0.0.1";
-      options.secret = testing::kSecret;
-      return options;
-    }());
+    server_ = std::make_unique<ControlServer>(options);
     server_->SetRankLostHandler([this](const RankLostEvent& event) {
       std::lock_guard lock(mutex_);
       events_.push_back(event);
@@ -78,7 +123,7 @@ TEST_F(HeartbeatTest, SilentRankIsReportedOnceAfterTheTimeout) {
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0].rank, 1);
   EXPECT_EQ(events[0].reason, RankLostReason::kHeartbeatTimeout);
-  EXPECT_GT(events[0].silent_for, milliseconds(300));
+  EXPECT_GE(events[0].silent_for, milliseconds(300));  // truncated to ms
   EXPECT_GE(detected, milliseconds(250));
   EXPECT_LT(detected, milliseconds(1000));
 
@@ -146,6 +191,15 @@ TEST_F(HeartbeatTest, SeveralRanksAreReportedSeparately) {
   EXPECT_EQ(events[0].reason, RankLostReason::kConnectionClosed);
   EXPECT_EQ(events[1].rank, 1);
   EXPECT_EQ(events[1].reason, RankLostReason::kHeartbeatTimeout);
+}
+
+TEST_F(HeartbeatTest, ServerGoingAwayDoesNotKillTheRank) {
+  // Beating into a closed connection must fail quietly, never raise SIGPIPE.
+  StartWithTimeout(milliseconds(10000));
+  Heartbeat heartbeat(ClientFor(*server_, 0), milliseconds(5));
+  server_->Stop();
+  std::this_thread::sleep_for(milliseconds(100));
+  EXPECT_TRUE(Events().empty());  // Stop reports nobody
 }
 
 }  // namespace
