@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "launcher/job.h"
+#include "launcher/ompi_server.h"
 #include "launcher/supervisor.h"
 #include "runtime/base/check.h"
 
@@ -31,12 +32,15 @@ void CheckProgram(const LaunchSettings& settings) {
 
 int LaunchLocal(const LaunchSettings& settings) {
   CheckProgram(settings);
+  // Declared before the supervisor, so it is stopped after every rank is gone.
+  std::unique_ptr<OmpiServer> ompi_server = OmpiServer::StartForJob(settings);
   std::string addr = settings.master_addr.empty() ? "127.0.0.1" : settings.master_addr;
   Job job(settings, settings.master_addr.empty() ? "127.0.0.1" : "0.0.0.0", addr);
   Supervisor supervisor(SupervisorOptions{settings.kill_grace, settings.verbose});
   job.WatchRanks(&supervisor);
 
   std::vector<std::string> base_env = job.BaseEnvironment();
+  AddOpenMpiEnvironment(ompi_server.get(), &base_env);
   std::vector<ChildSpec> children;
   for (int rank = 0; rank < settings.num_ranks; ++rank) {
     ChildSpec spec;
