@@ -158,8 +158,12 @@ class Run:
         except Exception as error:
             entry["method"] = "trace"
             entry["script_error"] = first_line(error)
-            with _preserved_state(model):
-                prepared = torch.jit.trace(model, example_inputs, check_trace=False, strict=False)
+            try:
+                with _preserved_state(model):
+                    prepared = torch.jit.trace(model, example_inputs, check_trace=False, strict=False)
+            except Exception as trace_error:
+                raise RuntimeError(f"torch.jit.script failed ({entry['script_error']}) and torch.jit.trace "
+                                   f"failed ({first_line(trace_error)})") from trace_error
         self.jit.append(entry)
         return prepared
 
