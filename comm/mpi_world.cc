@@ -1,6 +1,7 @@
 #include "comm/mpi_world.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <string>
@@ -34,6 +35,21 @@ void CheckOmpiServer(int world_size) {
   }
 }
 
+// Connected singletons are different Open MPI jobs, and Open MPI 4's
+// shared-memory BTL (vader) only joins ranks of one job, so with the default
+// PML they talk over TCP loopback (4x slower at 1 MiB, measured in
+// docs/comm.md). The UCX PML connects by worker address, not by job, and
+// uses shared memory between any two local processes. It is chosen when the
+// component is installed and the user has not chosen a PML.
+void PreferUcxBetweenSingletons() {
+  if (std::getenv("OMPI_MCA_pml") != nullptr) return;
+  if (::access(TERRA_OMPI_PML_UCX_COMPONENT, R_OK) != 0) return;
+  ::setenv("OMPI_MCA_pml", "ucx", 0);
+  // Without these, Open MPI takes UCX only over InfiniBand devices.
+  ::setenv("OMPI_MCA_pml_ucx_tls", "any", 0);
+  ::setenv("OMPI_MCA_pml_ucx_devices", "any", 0);
+}
+
 void InitMpi(int world_size, bool singleton, MpiWorld* world, const MpiContext& context) {
   int finalized = 0, initialized = 0;
   TERRA_MPI_CHECK(context, MPI_Finalized(&finalized));
@@ -42,7 +58,10 @@ void InitMpi(int world_size, bool singleton, MpiWorld* world, const MpiContext& 
               "create one MpiCommunicator per process and keep it for the whole job");
   TERRA_MPI_CHECK(context, MPI_Initialized(&initialized));
   if (!initialized) {
-    if (singleton && world_size > 1) CheckOmpiServer(world_size);
+    if (singleton && world_size > 1) {
+      CheckOmpiServer(world_size);
+      PreferUcxBetweenSingletons();
+    }
     int provided = 0;
     TERRA_MPI_CHECK(context, MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
     world->finalize = true;
