@@ -10,6 +10,7 @@ Collective Collective::Of(Buffer buffer, const AllreduceOptions& options) {
   c.input = buffer;
   c.op = options.op;
   c.timeout = options.timeout;
+  c.stream = options.stream;
   return c;
 }
 
@@ -19,6 +20,7 @@ Collective Collective::Of(Buffer buffer, const BroadcastOptions& options) {
   c.input = buffer;
   c.root = options.root;
   c.timeout = options.timeout;
+  c.stream = options.stream;
   return c;
 }
 
@@ -28,6 +30,7 @@ Collective Collective::Of(Buffer input, Buffer output, const AllgatherOptions& o
   c.input = input;
   c.output = output;
   c.timeout = options.timeout;
+  c.stream = options.stream;
   return c;
 }
 
@@ -38,6 +41,7 @@ Collective Collective::Of(Buffer input, Buffer output, const ReduceScatterOption
   c.output = output;
   c.op = options.op;
   c.timeout = options.timeout;
+  c.stream = options.stream;
   return c;
 }
 
@@ -45,6 +49,7 @@ Collective Collective::Of(const BarrierOptions& options) {
   Collective c;
   c.kind = CollectiveKind::kBarrier;
   c.timeout = options.timeout;
+  c.stream = options.stream;
   return c;
 }
 

@@ -19,6 +19,7 @@ struct Collective {
   ReduceOp op = ReduceOp::kSum;
   int root = 0;
   std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  void* stream = nullptr;  // the options' cudaStream_t (CUDA backends only)
 
   static Collective Of(Buffer buffer, const AllreduceOptions& options);
   static Collective Of(Buffer buffer, const BroadcastOptions& options);

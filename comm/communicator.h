@@ -2,9 +2,10 @@
 // asynchronous, each returning a Work (work.h).
 //
 // Implementations: MpiCommunicator (CPU buffers, mpi_communicator.h),
-// NcclCommunicator (CUDA buffers; later), FakeCommunicator (threads of one
-// process, for tests; fake_communicator.h). Callers hold a Communicator&
-// and the runtime picks the implementation from the buffers' device.
+// NcclCommunicator (CUDA buffers, nccl_communicator.h; its stream semantics
+// are there), FakeCommunicator (threads of one process, for tests;
+// fake_communicator.h). Callers hold a Communicator& and the runtime picks
+// the implementation from the buffers' device.
 //
 // Contract shared by every implementation:
 //  - Every rank of the communicator issues the same collectives, with the
@@ -46,24 +47,34 @@ inline constexpr std::chrono::milliseconds kNoTimeout = std::chrono::millisecond
 struct AllreduceOptions {
   ReduceOp op = ReduceOp::kSum;
   std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  void* stream = nullptr;  // CUDA: cudaStream_t the collective is ordered after (nullptr: the
+                           // legacy default stream); ignored by CPU backends
 };
 
 struct BroadcastOptions {
   int root = 0;
   std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  void* stream = nullptr;  // CUDA: cudaStream_t the collective is ordered after (nullptr: the
+                           // legacy default stream); ignored by CPU backends
 };
 
 struct AllgatherOptions {
   std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  void* stream = nullptr;  // CUDA: cudaStream_t the collective is ordered after (nullptr: the
+                           // legacy default stream); ignored by CPU backends
 };
 
 struct ReduceScatterOptions {
   ReduceOp op = ReduceOp::kSum;
   std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  void* stream = nullptr;  // CUDA: cudaStream_t the collective is ordered after (nullptr: the
+                           // legacy default stream); ignored by CPU backends
 };
 
 struct BarrierOptions {
   std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  void* stream = nullptr;  // CUDA: cudaStream_t the collective is ordered after (nullptr: the
+                           // legacy default stream); ignored by CPU backends
 };
 
 class Communicator {

@@ -19,7 +19,11 @@ enum class DataType { kFloat32, kFloat64, kFloat16, kBFloat16, kInt32, kInt64, k
 // kAvg is kSum followed by a division by the number of ranks: exact IEEE
 // division for floating point (float16 and bfloat16 divide in float32 and
 // round to nearest even), floor division for integers (Python's //, so
-// -3 avg 0 over two ranks is -2).
+// -3 avg 0 over two ranks is -2). The NCCL backend departs for floating
+// point: it uses NCCL's ncclAvg, which multiplies each rank's input by 1/n
+// rounded to the dtype and then sums (as PyTorch does), the same result when
+// n is a power of two (short of subnormals and overflow), within the dtype's
+// rounding otherwise; integers follow the floor rule (nccl_communicator.h).
 enum class ReduceOp { kSum, kAvg, kMax, kMin };
 
 enum class DeviceType { kCpu, kCuda };

@@ -38,6 +38,9 @@ class Work {
   // description names the collective for error messages, e.g.
   // "allreduce(sum) of 1024 x float32 on rank 1 of 4 [mpi]".
   explicit Work(std::string description);
+  // Virtual: a backend may add device-side waits in a subclass (CudaWork,
+  // nccl_communicator.h), found with std::dynamic_pointer_cast.
+  virtual ~Work() = default;
   Work(const Work&) = delete;
   Work& operator=(const Work&) = delete;
 

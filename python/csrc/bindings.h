@@ -6,5 +6,6 @@
 namespace terra::python {
 
 void BindControl(pybind11::module_& m);
+void BindCollectives(pybind11::module_& m);
 
 }  // namespace terra::python

@@ -12,4 +12,5 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception<terra::Error>(m, "TerraError", PyExc_RuntimeError);
   py::register_exception<terra::TimeoutError>(m, "TerraTimeoutError", PyExc_TimeoutError);
   terra::python::BindControl(m);
+  terra::python::BindCollectives(m);
 }

@@ -6,6 +6,7 @@ program asks for it.
 """
 
 from terra._version import __version__
+import torch  # noqa: F401  (loads the Torch libraries terra._C links to)
 from terra import _C
 from terra._C import TerraError, TerraTimeoutError
 from terra import distributed

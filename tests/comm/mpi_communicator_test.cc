@@ -11,11 +11,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "comm/control/client.h"
+#include "comm/control/environment.h"
 #include "runtime/base/check.h"
 #include "tests/comm/comm_test_util.h"
 
@@ -270,7 +272,7 @@ TEST_F(MpiCommunicatorTest, DISABLED_BenchmarkAllreduceLatency) {
   }
 }
 
-// The test's own control-plane connection and heartbeat, from terrarun's variables.
+// The test's own control-plane connection and heartbeat.
 struct RankEnvironment {
   std::unique_ptr<control::ControlClient> client;
   std::unique_ptr<control::Heartbeat> heartbeat;
@@ -278,22 +280,14 @@ struct RankEnvironment {
   int world_size = 0;
 };
 
+// False when not under terrarun; throws terra::Error for a malformed variable.
 bool JoinJob(RankEnvironment* env) {
-  const char* names[] = {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TERRA_JOB_SECRET"};
-  for (const char* name : names) {
-    if (std::getenv(name) == nullptr) return false;
-  }
-  control::ClientOptions options;
-  options.host = std::getenv("MASTER_ADDR");
-  options.port = static_cast<uint16_t>(std::atoi(std::getenv("MASTER_PORT")));
-  options.secret = std::getenv("TERRA_JOB_SECRET");
-  options.rank = std::atoi(std::getenv("RANK"));
-  env->rank = static_cast<int>(options.rank);
-  env->world_size = std::atoi(std::getenv("WORLD_SIZE"));
-  const char* interval = std::getenv("TERRA_HEARTBEAT_INTERVAL_MS");
-  env->heartbeat = std::make_unique<control::Heartbeat>(
-      options, milliseconds(interval ? std::atoi(interval) : 1000));
-  env->client = std::make_unique<control::ControlClient>(options);
+  std::optional<control::JobEnvironment> job = control::JobFromEnvironment();
+  if (!job) return false;
+  env->rank = job->rank;
+  env->world_size = job->world_size;
+  env->heartbeat = std::make_unique<control::Heartbeat>(job->client, job->heartbeat_interval);
+  env->client = std::make_unique<control::ControlClient>(job->client);
   return true;
 }
 

@@ -26,7 +26,7 @@ ALLOWED = [  # (folder, allowed include prefixes), most specific first
     ("runtime/", ("runtime/", "graph/", "comm/")),
     ("launcher/", ("runtime/base/", "comm/control/", "launcher/")),
 ]
-NO_TORCH = ("runtime/base/", "comm/control/", "launcher/")
+NO_TORCH = ("runtime/base/", "comm/", "launcher/")
 TORCH_HEADERS = ("torch/", "ATen/", "c10/", "caffe2/")
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 

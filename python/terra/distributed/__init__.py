@@ -17,6 +17,19 @@ from terra.distributed._group import (
 )
 
 from terra.distributed._data import shard, shard_indices
+from terra.distributed._group import process_group
+from terra.distributed._collectives import (
+    ReduceOp,
+    Work,
+    all_gather,
+    all_gather_into_tensor,
+    all_reduce,
+    broadcast,
+    get_backend,
+    reduce_scatter,
+    reduce_scatter_tensor,
+)
+from terra.distributed._ddp import DistributedDataParallel
 
 
 def __getattr__(name):
@@ -28,4 +41,6 @@ def __getattr__(name):
 
 
 __all__ = ["init", "is_initialized", "shutdown", "rank", "world_size", "local_rank", "barrier",
-           "shard", "shard_indices", "TorchStore", "init_torch_process_group"]
+           "shard", "shard_indices", "TorchStore", "init_torch_process_group", "ReduceOp", "Work",
+           "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
+           "reduce_scatter_tensor", "get_backend", "DistributedDataParallel"]

@@ -1,5 +1,6 @@
 import atexit
 import os
+import sys
 import time
 
 from terra import _C
@@ -15,9 +16,22 @@ class _Group:
         self.client = client
         self.heartbeat = heartbeat
         self.rendezvous_s = 0.0
+        self.process_group = None  # terra._C.ProcessGroup, made on first collective
 
 
 _group = None
+_failed = False  # an uncaught exception is ending this process
+# How long a rank exiting normally waits for the others before finalizing MPI
+# together with them; past it, it leaves MPI without finalizing.
+_EXIT_BARRIER_S = 10.0
+
+
+def _note_failure(hook):
+    def excepthook(*args):
+        global _failed
+        _failed = True
+        hook(*args)
+    return excepthook
 
 
 def _launched_by_terrarun():
@@ -66,6 +80,7 @@ def init(timeout=_DEFAULT_TIMEOUT_S):
     _group = _Group(rank_, world, local, client, heartbeat)
     client.barrier("terra/init", world, timeout)
     _group.rendezvous_s = time.perf_counter() - start
+    sys.excepthook = _note_failure(sys.excepthook)
     atexit.register(shutdown)
 
 
@@ -91,6 +106,14 @@ def local_rank():
     return _require().local_rank
 
 
+def process_group():
+    """This process's terra._C.ProcessGroup (collectives on tensors)."""
+    group = _require()
+    if group.process_group is None:
+        group.process_group = _C.ProcessGroup(group.client, group.rank, group.world_size)
+    return group.process_group
+
+
 def barrier(name="terra/barrier", timeout=_DEFAULT_TIMEOUT_S):
     """Blocks until every rank has called barrier() with the same name as
     many times; raises terra.TerraTimeoutError after `timeout` seconds."""
@@ -104,6 +127,22 @@ def shutdown():
     mistaken for a lost rank."""
     global _group
     group, _group = _group, None
-    if group is not None:
-        group.heartbeat = None
-        group.client = None
+    if group is None:
+        return
+    pg, group.process_group = group.process_group, None
+    if pg is not None:
+        # Closing MPI (MPI_Finalize) is collective: only when every rank is
+        # leaving too. A rank that fails, or leaves while the others go on,
+        # exits without it, so it never waits on ranks that will not come.
+        together = False
+        if not _failed and group.client is not None:
+            try:
+                group.client.barrier("terra/exit", group.world_size, _EXIT_BARRIER_S)
+                together = True
+            except Exception:  # noqa: BLE001 (a timeout or a lost control plane)
+                pass
+        if not together and group.world_size > 1:
+            pg.abandon()
+        del pg
+    group.heartbeat = None
+    group.client = None

@@ -1,0 +1,166 @@
+"""Collectives on tensors, with torch.distributed's signatures.
+
+CPU tensors go through MPI, CUDA tensors through NCCL (terra._C.ProcessGroup
+picks per call); in a world of one process they are local. Every rank must
+issue the same collectives in the same order, as with torch.distributed.
+
+``async_op=True`` returns a :class:`Work`; otherwise the call returns once the
+result is in place. ``timeout`` (seconds; default 10 minutes) bounds each
+collective: past it the collective fails with terra.TerraTimeoutError and the
+communicator is broken (the job should exit; terrarun stops the other ranks).
+"""
+import enum
+
+import torch
+
+from terra import _C
+from terra.distributed import _group
+
+
+class ReduceOp(enum.IntEnum):
+    """Reductions; values match terra::comm::ReduceOp. AVG divides the sum by
+    the world size (integer tensors: floor division)."""
+    SUM = 0
+    AVG = 1
+    MAX = 2
+    MIN = 3
+
+
+def _op(op):
+    if isinstance(op, ReduceOp):
+        return int(op)
+    if isinstance(op, str):
+        try:
+            return int(ReduceOp[op.upper()])
+        except KeyError:
+            pass
+    name = getattr(op, "name", None) or str(op).rsplit(".", 1)[-1]  # torch.distributed.ReduceOp
+    if name.upper() in ReduceOp.__members__:
+        return int(ReduceOp[name.upper()])
+    raise ValueError(f"unsupported reduce op {op!r}: use terra.distributed.ReduceOp "
+                     "(SUM, AVG, MAX, MIN)")
+
+
+class Work:
+    """The handle of an asynchronous collective (``async_op=True``).
+
+    ``wait(timeout=None)`` blocks until the collective completes and its result
+    is in place, raising its error if it failed; with a timeout in seconds it
+    raises terra.TerraTimeoutError when that passes first (the collective goes
+    on). ``is_completed()`` does not block."""
+
+    def __init__(self, work, then=None):
+        self._work = work
+        self._then = then
+
+    def wait(self, timeout=None):
+        self._work.wait(timeout)
+        if self._then is not None:
+            then, self._then = self._then, None
+            then()
+        return True
+
+    def is_completed(self):
+        return self._work.is_completed()
+
+    def __repr__(self):
+        state = "completed" if self.is_completed() else "pending"
+        return f"<terra.distributed.Work {self._work.description} ({state})>"
+
+
+def _finish(work, async_op, then=None):
+    handle = Work(work, then)
+    if async_op:
+        return handle
+    handle.wait()
+    return None
+
+
+def _stream(tensor):
+    """The CUDA stream a collective on ``tensor`` is ordered after: Torch's
+    current stream on its device (0 for CPU tensors)."""
+    return torch.cuda.current_stream(tensor.device).cuda_stream if tensor.is_cuda else 0
+
+
+def _check_group(group):
+    if group is not None:
+        raise ValueError("terra.distributed supports only the default group (group=None)")
+
+
+def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False, timeout=None):
+    """Reduces ``tensor`` across ranks, in place, on every rank."""
+    _check_group(group)
+    if tensor.is_complex() and _op(op) in (ReduceOp.SUM, ReduceOp.AVG):
+        tensor = torch.view_as_real(tensor)  # sums and averages part by part
+    return _finish(_group.process_group().all_reduce(tensor, _op(op), timeout, _stream(tensor)), async_op)
+
+
+def broadcast(tensor, src=0, group=None, async_op=False, timeout=None):
+    """Copies rank ``src``'s ``tensor`` into every rank's ``tensor``."""
+    _check_group(group)
+    return _finish(_group.process_group().broadcast(tensor, src, timeout, _stream(tensor)), async_op)
+
+
+def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=False,
+                           timeout=None):
+    """``output_tensor`` (world_size times ``input_tensor``'s elements) gets every
+    rank's ``input_tensor``, in rank order."""
+    _check_group(group)
+    work = _group.process_group().all_gather(output_tensor, input_tensor, timeout,
+                                             _stream(input_tensor))
+    return _finish(work, async_op)
+
+
+def all_gather(tensor_list, tensor, group=None, async_op=False, timeout=None):
+    """``tensor_list[r]`` gets rank r's ``tensor``."""
+    _check_group(group)
+    world = _group.world_size()
+    if len(tensor_list) != world:
+        raise ValueError(f"all_gather: tensor_list has {len(tensor_list)} tensors; "
+                         f"it needs one per rank ({world})")
+    for i, t in enumerate(tensor_list):
+        if t.shape != tensor.shape or t.dtype != tensor.dtype:
+            raise ValueError(f"all_gather: tensor_list[{i}] is {tuple(t.shape)} {t.dtype}; "
+                             f"every entry must match the input, {tuple(tensor.shape)} "
+                             f"{tensor.dtype}")
+    flat = torch.empty((world,) + tuple(tensor.shape), dtype=tensor.dtype, device=tensor.device)
+    work = _group.process_group().all_gather(flat, tensor.contiguous(), timeout,
+                                             _stream(tensor))
+
+    def scatter_back():
+        for out, block in zip(tensor_list, flat):
+            out.copy_(block)
+    return _finish(work, async_op, scatter_back)
+
+
+def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=False,
+                          timeout=None):
+    """``output`` gets block ``rank`` of the reduction of every rank's ``input``
+    (world_size times ``output``'s elements)."""
+    _check_group(group)
+    work = _group.process_group().reduce_scatter(output, input, _op(op), timeout,
+                                                 _stream(input))
+    return _finish(work, async_op)
+
+
+def reduce_scatter(output, input_list, op=ReduceOp.SUM, group=None, async_op=False,
+                   timeout=None):
+    """``output`` gets the reduction over ranks of ``input_list[rank]``."""
+    _check_group(group)
+    world = _group.world_size()
+    if len(input_list) != world:
+        raise ValueError(f"reduce_scatter: input_list has {len(input_list)} tensors; "
+                         f"it needs one per rank ({world})")
+    for i, t in enumerate(input_list):
+        if t.shape != output.shape or t.dtype != output.dtype:
+            raise ValueError(f"reduce_scatter: input_list[{i}] is {tuple(t.shape)} {t.dtype}; "
+                             f"every entry must match the output, {tuple(output.shape)} "
+                             f"{output.dtype}")
+    flat = torch.stack(list(input_list))
+    work = _group.process_group().reduce_scatter(output, flat, _op(op), timeout, _stream(flat))
+    return _finish(work, async_op)
+
+
+def get_backend(tensor):
+    """The backend collectives on ``tensor`` use: "mpi", "nccl" or "local"."""
+    return _group.process_group().backend_for(tensor)
