@@ -149,23 +149,31 @@ std::shared_ptr<Work> NcclCommunicator::Submit(const Collective& c) {
               ": the stream's CUDA graph capture has been invalidated (by a call not allowed "
               "during capture); end that capture and capture again");
   TERRA_CUDA_CHECK(context_, cudaEventCreateWithFlags(&work->end_, cudaEventDisableTiming));
-  // Nothing was enqueued so far; from here on a failure breaks the communicator.
-  try {
-    if (capture == cudaStreamCaptureStatusActive) {
-      Run(c, caller, deadline);
-      TERRA_CUDA_CHECK(context_, cudaEventRecord(work->end_, caller));
-      work->Complete(Status::Ok());  // recorded into the graph
-      return work;
-    }
+  bool captured = capture == cudaStreamCaptureStatusActive;
+  if (!captured) {  // stream_ waits for what the caller enqueued before
     TERRA_CUDA_CHECK(context_, cudaEventRecord(ready_, caller));
     TERRA_CUDA_CHECK(context_, cudaStreamWaitEvent(stream_, ready_, 0));
-    Run(c, stream_, deadline);
-    TERRA_CUDA_CHECK(context_, cudaEventRecord(work->end_, stream_));
+  }
+  cudaStream_t stream = captured ? caller : stream_;
+  // NCCL has nothing of this collective so far; from here on a failure breaks
+  // the communicator.
+  try {
+    Run(c, stream, deadline);
+    TERRA_CUDA_CHECK(context_, cudaEventRecord(work->end_, stream));
   } catch (const std::exception& e) {
+    if (breaking_) {  // Settle gave up for a Break waiting on submit_mutex_: let it break
+      work->Complete(
+          Status(StatusCode::kAborted, StrCat(work->description(), " was aborted: ", e.what())));
+      return work;
+    }
     bool timed_out = dynamic_cast<const TimeoutError*>(&e) != nullptr;
-    work->Complete(Status(timed_out ? StatusCode::kTimeout : StatusCode::kInternal,
-                          StrCat(work->description(), " failed: ", e.what())));
-    BreakLocked(StrCat(work->description(), timed_out ? " timed out" : " failed"));
+    BreakLocked(StrCat(work->description(), timed_out ? " timed out" : " failed"), work,
+                Status(timed_out ? StatusCode::kTimeout : StatusCode::kInternal,
+                       StrCat(work->description(), " failed: ", e.what())));
+    return work;
+  }
+  if (captured) {
+    work->Complete(Status::Ok());  // recorded into the graph
     return work;
   }
   {
@@ -242,8 +250,8 @@ std::unique_ptr<Communicator> CreateNcclCommunicator(control::ControlClient* cli
               "(usually LOCAL_RANK); CPU buffers take the MPI backend");
   TERRA_CHECK(client != nullptr || world_size == 1, "CreateNcclCommunicator: a world of ",
               world_size, " ranks needs a ControlClient to share NCCL's unique id");
-  TERRA_CHECK(options.poll_interval.count() > 0,
-              "CreateNcclCommunicator: poll_interval must be positive");
+  TERRA_CHECK(options.poll_interval.count() > 0 && options.busy_poll.count() >= 0,
+              "CreateNcclCommunicator: poll_interval must be positive and busy_poll not negative");
   int count = 0;
   cudaError_t rc = cudaGetDeviceCount(&count);
   if (rc != cudaSuccess) (void)cudaGetLastError();  // not sticky: clear it

@@ -1,9 +1,9 @@
 // NcclCommunicator: collectives on CUDA buffers through NCCL, made by
-// CreateNcclCommunicator. The class itself is private to
-// nccl_communicator.cc; callers hold the Communicator interface. Built when
-// TERRA_WITH_NCCL is ON; otherwise nccl_unavailable.cc provides these two
-// functions (CreateNcclCommunicator throws, NcclAvailable is false). This
-// header needs no CUDA or NCCL header: streams travel as void*.
+// CreateNcclCommunicator; callers hold the Communicator interface (the class
+// is internal: nccl_communicator_impl.h). Built when TERRA_WITH_NCCL is ON;
+// otherwise nccl_unavailable.cc provides the two functions below
+// (CreateNcclCommunicator throws, NcclAvailable is false). This header needs
+// no CUDA or NCCL header: streams travel as void*.
 //
 // Formation: rank 0 calls ncclGetUniqueId and Sets it (hex) in the control
 // store under "<store_prefix><n>/id", where n counts the NCCL communicators
@@ -15,25 +15,31 @@
 // a rank that never joins fails formation with terra::TimeoutError instead
 // of hanging it. A world of one needs no ControlClient.
 //
-// Streams (the `stream` of the options structs, communicator.h): a call
-// returns at once. The communicator's own stream (non-blocking) waits for an
-// event recorded on the caller's stream, NCCL runs there, and an end event is
-// recorded after it; the caller's stream does NOT wait for the collective.
-// To use the results: Work::Wait (blocks the host until the end event has
-// completed), or CudaWork::WaitOnStream (the device waits; the host does
-// not). Buffers stay the caller's and in use until then (types.h).
+// Streams (the `stream` of the options structs, communicator.h): the
+// communicator's own stream (non-blocking) waits for an event recorded on the
+// caller's stream, NCCL runs there, and an end event is recorded after it;
+// the caller's stream does NOT wait for the collective. To use the results:
+// Work::Wait (blocks the host until the end event has completed), or
+// CudaWork::WaitOnStream (the device waits; the host does not). Buffers stay
+// the caller's, and in use, until then (types.h).
+//
+// Submission returns once NCCL has enqueued the collective. NCCL connects
+// peers lazily: the first collective that needs a new connection answers
+// ncclInProgress until the peers reach it too, and the submitting thread
+// polls it meanwhile (ncclCommGetAsyncError), bounded by the collective's
+// timeout; past that the Work fails with kTimeout and the communicator
+// breaks. Later collectives return at once.
 //
 // Completion and timeouts (communicator.h's contract): one completion thread
-// per communicator polls the end events in submission order (every
-// poll_interval while collectives are pending) and completes their Works.
-// One still running past its options' timeout fails with kTimeout; the
-// communicator is then aborted (ncclCommAbort, which makes NCCL's kernels
-// exit, so the buffers may hold partial results) and broken: everything
-// pending fails, every later collective fails at once with kAborted. An
-// asynchronous NCCL error (ncclCommGetAsyncError, polled too) or a CUDA error
-// seen on an end event does the same with kInternal. NCCL calls are made on
-// the submitting thread; while a non-blocking NCCL call is still connecting
-// (ncclInProgress) the submitting thread polls it, bounded by the timeout.
+// per communicator watches the end events in submission order (busy_poll,
+// then every poll_interval) and completes their Works. One still running
+// past its options' timeout fails with kTimeout; the communicator is then
+// aborted (ncclCommAbort, which makes NCCL's kernels exit, so the buffers may
+// hold partial results) and broken: everything pending fails with kAborted,
+// and so does every later collective, at once. An asynchronous NCCL error
+// (ncclCommGetAsyncError, polled every millisecond while collectives are
+// pending, every second otherwise) or a CUDA error seen on an end event does
+// the same, with kInternal.
 //
 // CUDA graph capture: when the caller's stream is capturing
 // (cudaStreamIsCapturing), NCCL runs directly on the caller's stream, with no
@@ -77,7 +83,11 @@ struct NcclCommunicatorOptions {
   // Bounds waiting for the unique id, NCCL's initialization, and the
   // finalization in the destructor.
   std::chrono::milliseconds formation_timeout{120000};
-  // How often the completion thread checks pending collectives.
+  // How the completion thread watches the oldest pending collective: without
+  // sleeping for its first busy_poll (a small collective's Work then
+  // completes within microseconds of the GPU finishing it), then every
+  // poll_interval.
+  std::chrono::microseconds busy_poll{200};
   std::chrono::microseconds poll_interval{50};
 };
 

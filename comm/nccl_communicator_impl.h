@@ -39,12 +39,11 @@ class NcclWork final : public CudaWork {
   const NcclContext context_;
 };
 
-// Locks: submit_mutex_ serializes submissions (NCCL calls on one
-// communicator must not overlap, and submission order is completion order);
-// mutex_ guards the completion state. Order: submit_mutex_, then mutex_.
-// comm_ changes only with both held (Break) or on one thread (Form, the
-// destructor): submissions use it under submit_mutex_, the completion thread
-// under mutex_.
+// Locks: submit_mutex_ serializes the NCCL calls on comm_ (they must not
+// overlap, and submission order is completion order); mutex_ guards the
+// completion state. Order: submit_mutex_, then mutex_ (the completion
+// thread, holding mutex_, only try_locks submit_mutex_). comm_ changes only
+// with both held (Break) or on one thread (Form, the destructor).
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(int rank, int world_size, int device, NcclCommunicatorOptions options)
@@ -86,6 +85,12 @@ class NcclCommunicator final : public Communicator {
     NcclClock::time_point deadline;
     std::chrono::milliseconds timeout;
   };
+  // The completion thread's own state between rounds.
+  struct PollState {
+    NcclClock::time_point next_async_check;
+    const NcclWork* front = nullptr;  // the oldest pending Work last round
+    NcclClock::time_point front_since;
+  };
 
   // nccl_communicator.cc
   std::shared_ptr<Work> Submit(const Collective& c);
@@ -97,17 +102,25 @@ class NcclCommunicator final : public Communicator {
   void Close();  // finalize and destroy comm_ (the destructor)
 
   // nccl_completion.cc
-  // Fails what is pending, aborts NCCL, refuses what comes. Break takes
-  // submit_mutex_ (first asking a Settle in progress to give up);
-  // BreakLocked needs it held.
-  void Break(const std::string& what);
-  void BreakLocked(const std::string& what);
+  // Marks the communicator broken, aborts NCCL, completes `culprit` (if any)
+  // with `status`, then fails everything pending with kAborted; later calls
+  // fail at once. In that order, so that whoever sees the culprit fail sees
+  // the communicator broken. Break takes submit_mutex_ (first asking a
+  // Settle in progress to give up); BreakLocked needs it held.
+  void Break(const std::string& what, const std::shared_ptr<NcclWork>& culprit = nullptr,
+             Status status = {});
+  void BreakLocked(const std::string& what, const std::shared_ptr<NcclWork>& culprit = nullptr,
+                   Status status = {});
   std::string BrokenReason();
   void CompletionLoop();
   // One round of CompletionLoop, with mutex_ held by `lock` on entry and
   // exit; false once stopping with nothing pending.
-  bool Poll(std::unique_lock<std::mutex>& lock, NcclClock::time_point* next_async_check);
-  // "NCCL reported ..." when ncclCommGetAsyncError has an error; mutex_ held.
+  bool Poll(std::unique_lock<std::mutex>& lock, PollState* state);
+  // Fails the first pending Work past its deadline with kTimeout, then
+  // breaks; false if none is. mutex_ held by `lock` on entry and exit.
+  bool ExpireOverdue(std::unique_lock<std::mutex>& lock);
+  // "NCCL reported ..." when ncclCommGetAsyncError has an error; "" also
+  // when a submission holds submit_mutex_ (checked next round). mutex_ held.
   std::string AsyncErrorLocked();
   std::string TimeoutMessage(const Work& work, std::chrono::milliseconds timeout) const;
 

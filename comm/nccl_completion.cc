@@ -15,25 +15,30 @@ constexpr auto kAsyncErrorCheckIdle = std::chrono::seconds(1);
 
 }  // namespace
 
-void NcclCommunicator::Break(const std::string& what) {
+void NcclCommunicator::Break(const std::string& what, const std::shared_ptr<NcclWork>& culprit,
+                             Status status) {
   breaking_ = true;  // a submission polling ncclInProgress gives up and frees submit_mutex_
   std::lock_guard<std::mutex> submit_lock(submit_mutex_);
-  BreakLocked(what);
+  BreakLocked(what, culprit, std::move(status));
 }
 
-void NcclCommunicator::BreakLocked(const std::string& what) {
+void NcclCommunicator::BreakLocked(const std::string& what,
+                                   const std::shared_ptr<NcclWork>& culprit, Status status) {
   std::deque<Pending> abandoned;
   std::string reason;
+  bool already_broken;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!broken_reason_.empty()) return;
-    breaking_ = true;
-    broken_reason_ = StrCat("the NCCL communicator is broken since ", what);
-    reason = broken_reason_;
-    abandoned.swap(pending_);
+    already_broken = !broken_reason_.empty();
+    if (!already_broken) {
+      breaking_ = true;
+      broken_reason_ = StrCat("the NCCL communicator is broken since ", what);
+      reason = broken_reason_;
+      abandoned.swap(pending_);
+    }
     if (comm_ != nullptr) {
-      // Makes NCCL's kernels exit. Non-blocking: it may answer ncclInProgress
-      // and finish freeing the communicator in the background.
+      // Makes NCCL's kernels exit. Non-blocking: it returns at once and
+      // finishes freeing the communicator in the background.
       ncclResult_t rc = ncclCommAbort(comm_);
       if (rc != ncclSuccess && rc != ncclInProgress) {
         TERRA_LOG(kWarning, "NcclCommunicator: ncclCommAbort on rank ", context_.rank, ": ",
@@ -42,6 +47,8 @@ void NcclCommunicator::BreakLocked(const std::string& what) {
       comm_ = nullptr;
     }
   }
+  if (culprit) culprit->Complete(std::move(status));
+  if (already_broken) return;
   pending_cv_.notify_all();
   for (Pending& p : abandoned) {
     p.work->Complete(
@@ -65,7 +72,11 @@ std::string NcclCommunicator::TimeoutMessage(const Work& work,
 }
 
 std::string NcclCommunicator::AsyncErrorLocked() {
-  if (comm_ == nullptr) return "";
+  // Never beside a submission: on a non-blocking communicator
+  // ncclCommGetAsyncError also finishes (joins) the job of an enqueue in
+  // progress, which the submitting thread's Settle polls too.
+  std::unique_lock<std::mutex> submit_lock(submit_mutex_, std::try_to_lock);
+  if (!submit_lock.owns_lock() || comm_ == nullptr) return "";
   ncclResult_t state = ncclSuccess;
   ncclResult_t query = ncclCommGetAsyncError(comm_, &state);
   ncclResult_t error = query != ncclSuccess ? query : state;
@@ -82,17 +93,18 @@ void NcclCommunicator::CompletionLoop() {
   if (cudaError_t rc = cudaSetDevice(device_); rc != cudaSuccess) {
     TERRA_LOG(kWarning, "NcclCommunicator: cudaSetDevice(", device_, "): ", CudaErrorText(rc));
   }
-  NcclClock::time_point next_async_check = NcclClock::now();
+  PollState state;
+  state.next_async_check = NcclClock::now();
   std::unique_lock<std::mutex> lock(mutex_);
-  while (Poll(lock, &next_async_check)) {
+  while (Poll(lock, &state)) {
   }
 }
 
 // Each round: asynchronous errors (throttled), then the oldest pending end
-// event, then every pending deadline; sleeps poll_interval while collectives
-// are pending and nothing changed, waits on pending_cv_ while none are.
-bool NcclCommunicator::Poll(std::unique_lock<std::mutex>& lock,
-                            NcclClock::time_point* next_async_check) {
+// event, then every pending deadline; then, while collectives are pending and
+// nothing changed, yields (busy_poll) or sleeps (poll_interval); waits on
+// pending_cv_ while none are.
+bool NcclCommunicator::Poll(std::unique_lock<std::mutex>& lock, PollState* state) {
   if (pending_.empty()) {
     if (stopping_) return false;
     pending_cv_.wait_for(lock, kAsyncErrorCheckIdle,
@@ -100,54 +112,65 @@ bool NcclCommunicator::Poll(std::unique_lock<std::mutex>& lock,
   }
   std::shared_ptr<NcclWork> front = pending_.empty() ? nullptr : pending_.front().work;
   std::string failure;  // a reason to break
-  if (NcclClock::now() >= *next_async_check) {
-    *next_async_check = NcclClock::now() + (front ? kAsyncErrorCheckBusy : kAsyncErrorCheckIdle);
+  NcclClock::time_point now = NcclClock::now();
+  if (front.get() != state->front) {
+    state->front = front.get();
+    state->front_since = now;
+  }
+  if (now >= state->next_async_check) {
+    state->next_async_check = now + (front ? kAsyncErrorCheckBusy : kAsyncErrorCheckIdle);
     failure = AsyncErrorLocked();
   }
   if (failure.empty() && front) {
     lock.unlock();
-    cudaError_t state = cudaEventQuery(front->end_);
+    cudaError_t query = cudaEventQuery(front->end_);
     lock.lock();
-    if (state == cudaSuccess) {
+    if (query == cudaSuccess) {
       if (!pending_.empty() && pending_.front().work == front) pending_.pop_front();
       lock.unlock();
       front->Complete(Status::Ok());  // false if Break failed it meanwhile
       lock.lock();
       return true;
     }
-    if (state != cudaErrorNotReady) {
+    if (query != cudaErrorNotReady) {
       failure = StrCat("CUDA reported an error on rank ", context_.rank, " (host ", context_.host,
-                       "): ", CudaErrorText(state));
+                       "): ", CudaErrorText(query));
     }
   }
   if (!failure.empty()) {
     lock.unlock();
-    if (front) {
-      front->Complete(
-          Status(StatusCode::kInternal, StrCat(front->description(), " failed: ", failure)));
-    }
-    Break(failure);
+    Status status(StatusCode::kInternal,
+                  front ? StrCat(front->description(), " failed: ", failure) : failure);
+    Break(failure, front, std::move(status));
     lock.lock();
     return true;
   }
+  if (ExpireOverdue(lock)) return true;
+  if (front) {
+    lock.unlock();
+    if (NcclClock::now() - state->front_since < options_.busy_poll) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(options_.poll_interval);
+    }
+    lock.lock();
+  }
+  return true;
+}
+
+bool NcclCommunicator::ExpireOverdue(std::unique_lock<std::mutex>& lock) {
   NcclClock::time_point now = NcclClock::now();
   for (const Pending& p : pending_) {
     if (now < p.deadline || p.work->IsCompleted()) continue;
     std::shared_ptr<NcclWork> expired = p.work;
     std::chrono::milliseconds timeout = p.timeout;
     lock.unlock();
-    if (expired->Complete(Status(StatusCode::kTimeout, TimeoutMessage(*expired, timeout)))) {
-      Break(StrCat(expired->description(), " timed out"));
-    }
+    Break(StrCat(expired->description(), " timed out"), expired,
+          Status(StatusCode::kTimeout, TimeoutMessage(*expired, timeout)));
     lock.lock();
     return true;
   }
-  if (front) {
-    lock.unlock();
-    std::this_thread::sleep_for(options_.poll_interval);
-    lock.lock();
-  }
-  return true;
+  return false;
 }
 
 }  // namespace terra::comm

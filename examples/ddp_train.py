@@ -13,6 +13,7 @@ time with the time the same job spends on one rank doing the whole global
 batch, and says how much of the all-reduce time backward hid.
 """
 import argparse
+import json
 import time
 
 import torch
@@ -24,12 +25,12 @@ import terra.distributed as tdist
 
 
 class Net(nn.Module):
-    def __init__(self, classes=10):
+    def __init__(self, classes=10, width=128):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 4 * 4, 128)
-        self.fc2 = nn.Linear(128, classes)
+        self.fc1 = nn.Linear(32 * 4 * 4, width)
+        self.fc2 = nn.Linear(width, classes)
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -53,6 +54,11 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=64, help="per-rank batch size")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--ddp", choices=["terra", "torch"], default="terra",
+                        help="torch: PyTorch's DDP over gloo, for comparison")
+    parser.add_argument("--width", type=int, default=128, help="hidden units of fc1")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    parser.add_argument("--json", help="also write the report's figures here (rank 0)")
     args = parser.parse_args()
 
     rank, world = tdist.rank(), tdist.world_size()
@@ -65,7 +71,14 @@ def main():
     x_train, y_train = x[:-2048], y[:-2048]
     batches = len(x_train) // global_batch
 
-    model = tdist.DistributedDataParallel(Net())
+    if args.ddp == "torch":
+        tdist.init_torch_process_group("gloo")
+        model = nn.parallel.DistributedDataParallel(Net(width=args.width),
+                                                    bucket_cap_mb=args.bucket_cap_mb)
+    else:
+        model = tdist.DistributedDataParallel(Net(width=args.width),
+                                              bucket_cap_mb=args.bucket_cap_mb)
+    stats = getattr(model, "stats", {"comm_wait_s": 0.0})
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     first_loss = None
@@ -83,12 +96,12 @@ def main():
         if first_loss is None:
             first_loss = loss.item()
             start = time.perf_counter()  # exclude the first step's warm-up
-            wait_at_start = model.stats["comm_wait_s"]
+            wait_at_start = stats["comm_wait_s"]
         if rank == 0 and (step % 25 == 0 or step == args.steps - 1):
             print(f"step {step:4d}  loss {loss.item():.4f}")
     elapsed = time.perf_counter() - start
-    exposed = model.stats["comm_wait_s"] - wait_at_start
-    comm_alone = time_allreduce_alone(model) if world > 1 else 0.0
+    exposed = stats["comm_wait_s"] - wait_at_start
+    comm_alone = time_allreduce_alone(model) if world > 1 and args.ddp == "terra" else 0.0
 
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
@@ -108,13 +121,23 @@ def main():
         print(f"  test accuracy   {accuracy * 100:.1f}% (10 classes, chance 10%)")
         print(f"  throughput      {timed * global_batch / elapsed:,.0f} samples/s, "
               f"{elapsed / timed * 1000:.1f} ms/step")
-        if world > 1:
+        if world > 1 and args.ddp == "terra":
             step_exposed = exposed / timed
             hidden = max(0.0, 1.0 - step_exposed / comm_alone) if comm_alone > 0 else 0.0
             print(f"  gradient sync   {len(model.bucket_plan)} bucket(s); all-reduce alone "
                   f"{comm_alone * 1000:.2f} ms/step, left waiting after backward "
                   f"{step_exposed * 1000:.2f} ms/step ({hidden * 100:.0f}% hidden by backward)")
         print(f"  parameters      {'identical on every rank' if identical else 'DIFFER across ranks'}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"world_size": world, "ddp": args.ddp, "params": params,
+                           "global_batch": global_batch, "ms_per_step": elapsed / timed * 1000,
+                           "samples_per_s": timed * global_batch / elapsed,
+                           "first_loss": first_loss, "last_loss": loss.item(),
+                           "accuracy": accuracy,
+                           "buckets": len(getattr(model, "bucket_plan", [])),
+                           "allreduce_alone_ms": comm_alone * 1000,
+                           "exposed_wait_ms": exposed / timed * 1000}, f, indent=1)
     if not identical:
         raise SystemExit("parameters differ across ranks")
 
