@@ -31,24 +31,8 @@ std::string Hostname() {
 }
 
 MPI_Datatype MpiType(DataType dtype) {
-  switch (dtype) {
-    case DataType::kFloat32:
-      return MPI_FLOAT;
-    case DataType::kFloat64:
-      return MPI_DOUBLE;
-    case DataType::kInt32:
-      return MPI_INT32_T;
-    case DataType::kInt64:
-      return MPI_INT64_T;
-    case DataType::kUInt8:
-      return MPI_UINT8_T;
-    case DataType::kInt8:
-      return MPI_INT8_T;
-    case DataType::kFloat16:
-    case DataType::kBFloat16:
-      return MPI_UINT16_T;  // reduced by our own ops (HalfOp)
-  }
-  TERRA_INTERNAL_CHECK(false, "unknown DataType ", static_cast<int>(dtype));
+  // float16 and bfloat16 travel as 16-bit words, reduced by our own ops (HalfOp).
+  return NativeMpiType(dtype).value_or(MPI_UINT16_T);
 }
 
 // MPI has no 16-bit floating point: these user ops reduce it with reduce.h.

@@ -170,6 +170,20 @@ MpiWorld FormMpiWorld(control::ControlClient* client, int rank, int world_size,
   return world;
 }
 
+std::optional<MPI_Datatype> NativeMpiType(DataType dtype) {
+  switch (dtype) {
+    case DataType::kFloat32: return MPI_FLOAT;
+    case DataType::kFloat64: return MPI_DOUBLE;
+    case DataType::kInt32: return MPI_INT32_T;
+    case DataType::kInt64: return MPI_INT64_T;
+    case DataType::kUInt8: return MPI_UINT8_T;
+    case DataType::kInt8: return MPI_INT8_T;
+    case DataType::kFloat16:
+    case DataType::kBFloat16: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
 void CloseMpiWorld(MpiWorld* world, const MpiContext& context) {
   if (world->comm != MPI_COMM_NULL) TERRA_MPI_CHECK(context, MPI_Comm_free(&world->comm));
   if (world->finalize) {

@@ -28,7 +28,10 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <optional>
 #include <string>
+
+#include "comm/types.h"
 
 namespace terra::comm {
 
@@ -65,6 +68,10 @@ struct MpiWorld {
 // (ompi-server missing, MPI finalized already, world size mismatch).
 MpiWorld FormMpiWorld(control::ControlClient* client, int rank, int world_size,
                       const MpiWorldOptions& options, const MpiContext& context);
+
+// MPI's own datatype for `dtype`, or nullopt for the 16-bit floating point
+// types, which MPI lacks (MpiCommunicator reduces those with its own ops).
+std::optional<MPI_Datatype> NativeMpiType(DataType dtype);
 
 // Frees the communicator and finalizes MPI if FormMpiWorld initialized it.
 // MPI_Finalize waits for every connected rank to finalize too.

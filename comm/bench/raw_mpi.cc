@@ -2,29 +2,11 @@
 
 #include <chrono>
 
+#include "comm/mpi_world.h"
 #include "runtime/base/check.h"
 
 namespace terra::comm::bench {
 namespace {
-
-std::optional<MPI_Datatype> MpiType(DataType dtype) {
-  switch (dtype) {
-    case DataType::kFloat32:
-      return MPI_FLOAT;
-    case DataType::kFloat64:
-      return MPI_DOUBLE;
-    case DataType::kInt32:
-      return MPI_INT32_T;
-    case DataType::kInt64:
-      return MPI_INT64_T;
-    case DataType::kUInt8:
-      return MPI_UINT8_T;
-    case DataType::kInt8:
-      return MPI_INT8_T;
-    default:
-      return std::nullopt;
-  }
-}
 
 std::optional<MPI_Op> MpiOp(ReduceOp op) {
   switch (op) {
@@ -46,14 +28,14 @@ void CheckMpi(int rc, const char* call) {
 }  // namespace
 
 bool HasRawMpiAllreduce(DataType dtype, ReduceOp op) {
-  return MpiType(dtype).has_value() && MpiOp(op).has_value();
+  return NativeMpiType(dtype).has_value() && MpiOp(op).has_value();
 }
 
 double TimeRawMpiAllreduce(MpiCommunicator& comm, Buffer buffer, ReduceOp op, int warmup,
                            int iterations) {
   TERRA_INTERNAL_CHECK(HasRawMpiAllreduce(buffer.dtype, op));
   TERRA_INTERNAL_CHECK(buffer.count <= static_cast<size_t>(INT32_MAX));
-  MPI_Datatype type = *MpiType(buffer.dtype);
+  MPI_Datatype type = *NativeMpiType(buffer.dtype);
   MPI_Op mpi_op = *MpiOp(op);
   int count = static_cast<int>(buffer.count);
   double mean_us = 0;

@@ -136,3 +136,35 @@ def test_collective_timeout_raises_and_fails_the_job(tmp_path):
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "timed out:" in proc.stdout and "allreduce" in proc.stdout
     assert seconds < 25, seconds
+
+
+def test_exception_on_one_rank_ends_the_job_without_waiting_in_mpi(tmp_path):
+    script = write_script(tmp_path, """
+        import time, torch, terra, terra.distributed as d
+        t = torch.ones(8)
+        d.all_reduce(t)  # MPI is up on every rank
+        if d.rank() == 1:
+            raise ValueError("bad batch on rank 1")
+        d.all_reduce(t)  # rank 0 waits here; terrarun must stop it
+        """)
+    proc, seconds = run(["-np", "2", sys.executable, script], timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "ValueError: bad batch on rank 1" in proc.stderr
+    assert "rank 1" in proc.stderr and "exited with code 1" in proc.stderr, proc.stderr
+    assert seconds < 10, seconds  # no MPI_Finalize wait, no exit-barrier wait
+
+
+def test_ranks_leave_together_after_collectives(tmp_path):
+    # Rank 0 finishes 2 s later than rank 1: both still leave cleanly (the exit
+    # barrier waits up to 10 s, then MPI is finalized together).
+    script = write_script(tmp_path, """
+        import time, torch, terra, terra.distributed as d
+        t = torch.ones(8)
+        d.all_reduce(t)
+        if d.rank() == 0:
+            time.sleep(2)
+        print("done", d.rank())
+        """)
+    proc, seconds = run(["-np", "2", sys.executable, script], timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "done 0" in proc.stdout and "done 1" in proc.stdout

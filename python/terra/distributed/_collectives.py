@@ -87,6 +87,16 @@ def _check_group(group):
         raise ValueError("terra.distributed supports only the default group (group=None)")
 
 
+def _check_per_rank_list(op, name, tensors, like, like_name, world):
+    if len(tensors) != world:
+        raise ValueError(f"{op}: {name} has {len(tensors)} tensors; it needs one per rank "
+                         f"({world})")
+    for i, t in enumerate(tensors):
+        if t.shape != like.shape or t.dtype != like.dtype:
+            raise ValueError(f"{op}: {name}[{i}] is {tuple(t.shape)} {t.dtype}; every entry "
+                             f"must match the {like_name}, {tuple(like.shape)} {like.dtype}")
+
+
 def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False, timeout=None):
     """Reduces ``tensor`` across ranks, in place, on every rank."""
     _check_group(group)
@@ -115,14 +125,7 @@ def all_gather(tensor_list, tensor, group=None, async_op=False, timeout=None):
     """``tensor_list[r]`` gets rank r's ``tensor``."""
     _check_group(group)
     world = _group.world_size()
-    if len(tensor_list) != world:
-        raise ValueError(f"all_gather: tensor_list has {len(tensor_list)} tensors; "
-                         f"it needs one per rank ({world})")
-    for i, t in enumerate(tensor_list):
-        if t.shape != tensor.shape or t.dtype != tensor.dtype:
-            raise ValueError(f"all_gather: tensor_list[{i}] is {tuple(t.shape)} {t.dtype}; "
-                             f"every entry must match the input, {tuple(tensor.shape)} "
-                             f"{tensor.dtype}")
+    _check_per_rank_list("all_gather", "tensor_list", tensor_list, tensor, "input", world)
     flat = torch.empty((world,) + tuple(tensor.shape), dtype=tensor.dtype, device=tensor.device)
     work = _group.process_group().all_gather(flat, tensor.contiguous(), timeout,
                                              _stream(tensor))
@@ -148,14 +151,7 @@ def reduce_scatter(output, input_list, op=ReduceOp.SUM, group=None, async_op=Fal
     """``output`` gets the reduction over ranks of ``input_list[rank]``."""
     _check_group(group)
     world = _group.world_size()
-    if len(input_list) != world:
-        raise ValueError(f"reduce_scatter: input_list has {len(input_list)} tensors; "
-                         f"it needs one per rank ({world})")
-    for i, t in enumerate(input_list):
-        if t.shape != output.shape or t.dtype != output.dtype:
-            raise ValueError(f"reduce_scatter: input_list[{i}] is {tuple(t.shape)} {t.dtype}; "
-                             f"every entry must match the output, {tuple(output.shape)} "
-                             f"{output.dtype}")
+    _check_per_rank_list("reduce_scatter", "input_list", input_list, output, "output", world)
     flat = torch.stack(list(input_list))
     work = _group.process_group().reduce_scatter(output, flat, _op(op), timeout, _stream(flat))
     return _finish(work, async_op)
