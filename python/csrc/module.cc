@@ -13,4 +13,5 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception<terra::TimeoutError>(m, "TerraTimeoutError", PyExc_TimeoutError);
   terra::python::BindControl(m);
   terra::python::BindCollectives(m);
+  terra::python::BindInterception(m);
 }

@@ -1,0 +1,161 @@
+#include "graph/node.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "runtime/base/check.h"
+
+namespace terra::graph {
+
+ArgsEncoder& ArgsEncoder::None() {
+  out_.U8(kNone);
+  return *this;
+}
+
+ArgsEncoder& ArgsEncoder::Bool(bool v) {
+  out_.U8(kBool);
+  out_.U8(v ? 1 : 0);
+  return *this;
+}
+
+ArgsEncoder& ArgsEncoder::Int(int64_t v) {
+  out_.U8(kInt);
+  out_.I64(v);
+  return *this;
+}
+
+ArgsEncoder& ArgsEncoder::Double(double v) {
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof bits);
+  out_.U8(kDouble);
+  out_.U64(bits);
+  return *this;
+}
+
+ArgsEncoder& ArgsEncoder::String(std::string_view v) {
+  out_.U8(kString);
+  out_.Bytes(v);
+  return *this;
+}
+
+ArgsEncoder& ArgsEncoder::IntList(const std::vector<int64_t>& v) {
+  out_.U8(kIntList);
+  out_.U32(static_cast<uint32_t>(v.size()));
+  for (int64_t x : v) out_.I64(x);
+  return *this;
+}
+
+namespace {
+
+void EncodeInts(const std::vector<int64_t>& v, ByteWriter& out) {
+  out.U32(static_cast<uint32_t>(v.size()));
+  for (int64_t x : v) out.I64(x);
+}
+
+std::vector<int64_t> DecodeInts(ByteReader& in, const char* what) {
+  uint32_t n = in.Count(what, 8, kMaxDims);
+  std::vector<int64_t> v(n);
+  for (auto& x : v) x = in.I64(what);
+  return v;
+}
+
+}  // namespace
+
+// Field order is the format: changing it changes every hash (bump the wire
+// version in serialize.cc and the golden hash in node_test.cc).
+void EncodeIdentity(const NodeIdentity& id, ByteWriter& out) {
+  TERRA_CHECK(id.op.size() <= kMaxNameBytes && id.overload.size() <= kMaxNameBytes,
+              "operator name longer than ", kMaxNameBytes, " bytes: ", id.op);
+  TERRA_CHECK(id.args.size() <= kMaxArgsBytes, "non-tensor arguments of ", id.op, " exceed ",
+              kMaxArgsBytes, " bytes encoded");
+  TERRA_CHECK(id.inputs.size() <= kMaxTensorInputs, id.op, " has too many tensor inputs");
+  TERRA_CHECK(
+      id.location.frames.size() <= kMaxFrames && id.location.loop_context.size() <= kMaxLoopDepth,
+      "location of ", id.op, " is too deep");
+  out.Bytes(id.op);
+  out.Bytes(id.overload);
+  out.Bytes(id.args);
+  out.U32(static_cast<uint32_t>(id.inputs.size()));
+  for (const TensorMeta& t : id.inputs) {
+    TERRA_CHECK(t.sizes.size() <= kMaxDims && t.strides.size() <= kMaxDims, "tensor input of ",
+                id.op, " has more than ", kMaxDims, " dimensions");
+    out.U8(t.dtype);
+    out.U8(t.device_type);
+    out.U16(static_cast<uint16_t>(t.device_index));
+    EncodeInts(t.sizes, out);
+    EncodeInts(t.strides, out);
+  }
+  const Location& loc = id.location;
+  out.U32(static_cast<uint32_t>(loc.frames.size()));
+  for (const Frame& f : loc.frames) {
+    out.U64(f.code_id);
+    out.U32(f.offset);
+  }
+  out.U32(static_cast<uint32_t>(loc.loop_context.size()));
+  for (uint32_t l : loc.loop_context) out.U32(l);
+  out.U64(loc.backward_of);
+  out.U32(loc.ordinal);
+}
+
+NodeIdentity DecodeIdentity(ByteReader& in) {
+  NodeIdentity id;
+  id.op = std::string(in.Bytes("operator name", kMaxNameBytes));
+  id.overload = std::string(in.Bytes("overload name", kMaxNameBytes));
+  id.args = std::string(in.Bytes("non-tensor arguments", kMaxArgsBytes));
+  uint32_t n_inputs = in.Count("tensor input count", 12, kMaxTensorInputs);
+  id.inputs.resize(n_inputs);
+  for (TensorMeta& t : id.inputs) {
+    t.dtype = in.U8("dtype");
+    t.device_type = in.U8("device type");
+    t.device_index = static_cast<int16_t>(in.U16("device index"));
+    t.sizes = DecodeInts(in, "sizes");
+    t.strides = DecodeInts(in, "strides");
+  }
+  Location& loc = id.location;
+  loc.frames.resize(in.Count("frame count", 12, kMaxFrames));
+  for (Frame& f : loc.frames) {
+    f.code_id = in.U64("frame code id");
+    f.offset = in.U32("frame offset");
+  }
+  loc.loop_context.resize(in.Count("loop context depth", 4, kMaxLoopDepth));
+  for (uint32_t& l : loc.loop_context) l = in.U32("loop id");
+  loc.backward_of = in.U64("backward_of");
+  loc.ordinal = in.U32("ordinal");
+  return id;
+}
+
+uint64_t Fnv1a64(std::string_view bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : bytes) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+uint64_t StructuralHash(const NodeIdentity& id) {
+  ByteWriter out;
+  EncodeIdentity(id, out);
+  return Fnv1a64(out.data());
+}
+
+std::string QualifiedName(const NodeIdentity& id) {
+  return id.overload.empty() ? id.op : id.op + "." + id.overload;
+}
+
+std::string ShortLocation(const Location& loc) {
+  char buf[96];
+  if (loc.IsBackward()) {
+    std::snprintf(buf, sizeof buf, "backward of 0x%llx #%u",
+                  static_cast<unsigned long long>(loc.backward_of), loc.ordinal);
+  } else if (loc.frames.empty()) {
+    std::snprintf(buf, sizeof buf, "no frame #%u", loc.ordinal);
+  } else {
+    const Frame& f = loc.frames.back();
+    std::snprintf(buf, sizeof buf, "code 0x%llx+%u #%u", static_cast<unsigned long long>(f.code_id),
+                  f.offset, loc.ordinal);
+  }
+  return buf;
+}
+
+}  // namespace terra::graph

@@ -1,0 +1,73 @@
+// One iteration as recorded: the nodes in program order, with the value flow
+// between them, and the sync points where Python read a tensor's value.
+//
+// Values: every node input is a ValueRef, either output k of an earlier node of
+// the same trace or an external input (a program input such as a parameter or
+// data from numpy, a fresh allocation, a constant). External indices are the
+// recorder's own numbering (parameter number, allocation number, ...).
+//
+// Threading: a Trace is built by one thread (the recorder keeps one per
+// thread) and handed to the merging thread by value or const reference.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "graph/node.h"
+
+namespace terra::graph {
+
+enum class ValueKind : uint8_t {
+  kNodeOutput = 0,       // index: producing node, output: which output
+  kProgramInput = 1,     // index: recorder's input number
+  kFreshAllocation = 2,  // index: recorder's allocation number
+  kConstant = 3,         // index: recorder's constant number
+};
+inline constexpr uint8_t kMaxValueKind = 3;
+
+struct ValueRef {
+  ValueKind kind = ValueKind::kNodeOutput;
+  uint32_t index = 0;
+  uint32_t output = 0;
+
+  static ValueRef Output(uint32_t node, uint32_t output = 0) {
+    return {ValueKind::kNodeOutput, node, output};
+  }
+  static ValueRef External(ValueKind kind, uint32_t index) { return {kind, index, 0}; }
+  bool operator==(const ValueRef&) const = default;
+};
+
+struct TraceNode {
+  NodeIdentity identity;
+  uint64_t hash = 0;             // StructuralHash(identity), computed once by Trace::Add
+  std::vector<ValueRef> inputs;  // one per identity.inputs entry
+  uint32_t num_outputs = 0;
+};
+
+// Python read `value` after the first `position` nodes of the trace had been
+// issued (position 0: before any node).
+struct SyncPoint {
+  uint32_t position = 0;
+  ValueRef value;
+  Location location;
+};
+
+class Trace {
+ public:
+  // Appends a node and returns its position. TERRA_CHECKs that there is one
+  // input per tensor metadata entry and that every kNodeOutput input names an
+  // output of an earlier node.
+  uint32_t Add(NodeIdentity identity, std::vector<ValueRef> inputs, uint32_t num_outputs);
+  // Records a read of `value` at the current position.
+  void AddSync(ValueRef value, Location location);
+
+  const std::vector<TraceNode>& nodes() const { return nodes_; }
+  const std::vector<SyncPoint>& syncs() const { return syncs_; }
+  size_t size() const { return nodes_.size(); }
+
+ private:
+  std::vector<TraceNode> nodes_;
+  std::vector<SyncPoint> syncs_;
+};
+
+}  // namespace terra::graph
