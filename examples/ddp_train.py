@@ -124,9 +124,13 @@ def main():
         if world > 1 and args.ddp == "terra":
             step_exposed = exposed / timed
             hidden = max(0.0, 1.0 - step_exposed / comm_alone) if comm_alone > 0 else 0.0
-            print(f"  gradient sync   {len(model.bucket_plan)} bucket(s); all-reduce alone "
+            buckets = len(model.bucket_plan)
+            overlap = (f"{hidden * 100:.0f}% hidden by backward" if buckets > 1 else
+                       "one bucket: it starts with the last gradient, so little of backward "
+                       "is left to hide it")
+            print(f"  gradient sync   {buckets} bucket(s); all-reduce alone "
                   f"{comm_alone * 1000:.2f} ms/step, left waiting after backward "
-                  f"{step_exposed * 1000:.2f} ms/step ({hidden * 100:.0f}% hidden by backward)")
+                  f"{step_exposed * 1000:.2f} ms/step ({overlap})")
         print(f"  parameters      {'identical on every rank' if identical else 'DIFFER across ranks'}")
         if args.json:
             with open(args.json, "w") as f:
