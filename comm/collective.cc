@@ -4,53 +4,51 @@
 
 namespace terra::comm {
 
-Collective Collective::Of(Buffer buffer, const AllreduceOptions& options) {
+namespace {
+
+// What every options struct carries.
+template <typename Options>
+Collective Base(CollectiveKind kind, const Options& options) {
   Collective c;
-  c.kind = CollectiveKind::kAllreduce;
-  c.input = buffer;
-  c.op = options.op;
+  c.kind = kind;
   c.timeout = options.timeout;
   c.stream = options.stream;
+  return c;
+}
+
+}  // namespace
+
+Collective Collective::Of(Buffer buffer, const AllreduceOptions& options) {
+  Collective c = Base(CollectiveKind::kAllreduce, options);
+  c.input = buffer;
+  c.op = options.op;
   return c;
 }
 
 Collective Collective::Of(Buffer buffer, const BroadcastOptions& options) {
-  Collective c;
-  c.kind = CollectiveKind::kBroadcast;
+  Collective c = Base(CollectiveKind::kBroadcast, options);
   c.input = buffer;
   c.root = options.root;
-  c.timeout = options.timeout;
-  c.stream = options.stream;
   return c;
 }
 
 Collective Collective::Of(Buffer input, Buffer output, const AllgatherOptions& options) {
-  Collective c;
-  c.kind = CollectiveKind::kAllgather;
+  Collective c = Base(CollectiveKind::kAllgather, options);
   c.input = input;
   c.output = output;
-  c.timeout = options.timeout;
-  c.stream = options.stream;
   return c;
 }
 
 Collective Collective::Of(Buffer input, Buffer output, const ReduceScatterOptions& options) {
-  Collective c;
-  c.kind = CollectiveKind::kReduceScatter;
+  Collective c = Base(CollectiveKind::kReduceScatter, options);
   c.input = input;
   c.output = output;
   c.op = options.op;
-  c.timeout = options.timeout;
-  c.stream = options.stream;
   return c;
 }
 
 Collective Collective::Of(const BarrierOptions& options) {
-  Collective c;
-  c.kind = CollectiveKind::kBarrier;
-  c.timeout = options.timeout;
-  c.stream = options.stream;
-  return c;
+  return Base(CollectiveKind::kBarrier, options);
 }
 
 const char* CollectiveKindName(CollectiveKind kind) {

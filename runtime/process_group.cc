@@ -95,6 +95,15 @@ void CheckSameKind(const at::Tensor& a, const at::Tensor& b, const char* op) {
               " but input is on ", b.device().str(), ": use one device");
 }
 
+// The communicator's options struct with the group's per-call settings.
+template <typename Options>
+Options With(const CollectiveOptions& collective) {
+  Options options;
+  options.timeout = collective.timeout;
+  options.stream = collective.stream;
+  return options;
+}
+
 void CheckReducible(const at::Tensor& tensor, comm::ReduceOp op, const char* what) {
   TERRA_CHECK(tensor.scalar_type() != at::kBool ||
                   (op == comm::ReduceOp::kMax || op == comm::ReduceOp::kMin),
@@ -109,10 +118,8 @@ std::shared_ptr<TensorWork> ProcessGroup::AllReduce(const at::Tensor& tensor, co
   comm::Buffer buffer = ToBuffer(tensor, "all_reduce's tensor");
   CheckReducible(tensor, op, "all_reduce's tensor");
   if (world_size_ == 1) return Done("all_reduce (local)", {tensor});
-  comm::AllreduceOptions options;
+  auto options = With<comm::AllreduceOptions>(collective);
   options.op = op;
-  options.timeout = collective.timeout;
-  options.stream = collective.stream;
   return Track(ForDevice(tensor.device()).Allreduce(buffer, options), {tensor});
 }
 
@@ -122,10 +129,8 @@ std::shared_ptr<TensorWork> ProcessGroup::Broadcast(const at::Tensor& tensor, in
   TERRA_CHECK(root >= 0 && root < world_size_, "broadcast: src=", root,
               " is not a rank of this job (world size ", world_size_, ")");
   if (world_size_ == 1) return Done("broadcast (local)", {tensor});
-  comm::BroadcastOptions options;
+  auto options = With<comm::BroadcastOptions>(collective);
   options.root = root;
-  options.timeout = collective.timeout;
-  options.stream = collective.stream;
   return Track(ForDevice(tensor.device()).Broadcast(buffer, options), {tensor});
 }
 
@@ -142,9 +147,7 @@ std::shared_ptr<TensorWork> ProcessGroup::AllGather(const at::Tensor& output,
     output.view({-1}).copy_(input.view({-1}));
     return Done("all_gather (local)", {output, input});
   }
-  comm::AllgatherOptions options;
-  options.timeout = collective.timeout;
-  options.stream = collective.stream;
+  auto options = With<comm::AllgatherOptions>(collective);
   return Track(ForDevice(input.device()).Allgather(in, out, options), {output, input});
 }
 
@@ -163,17 +166,14 @@ std::shared_ptr<TensorWork> ProcessGroup::ReduceScatter(const at::Tensor& output
     output.view({-1}).copy_(input.view({-1}));
     return Done("reduce_scatter (local)", {output, input});
   }
-  comm::ReduceScatterOptions options;
+  auto options = With<comm::ReduceScatterOptions>(collective);
   options.op = op;
-  options.timeout = collective.timeout;
-  options.stream = collective.stream;
   return Track(ForDevice(input.device()).ReduceScatter(in, out, options), {output, input});
 }
 
 std::shared_ptr<TensorWork> ProcessGroup::Barrier(CollectiveOptions collective) {
   if (world_size_ == 1) return Done("barrier (local)", {});
-  comm::BarrierOptions options;
-  options.timeout = collective.timeout;
+  auto options = With<comm::BarrierOptions>(collective);
   return Track(ForDevice(c10::Device(c10::kCPU)).Barrier(options), {});
 }
 

@@ -28,7 +28,7 @@ std::vector<CollectiveKind> ParseCollectives(const std::string& text) {
   using K = CollectiveKind;
   if (text == "all") return {K::kAllreduce, K::kAllgather, K::kReduceScatter, K::kBroadcast};
   for (K kind : {K::kAllreduce, K::kAllgather, K::kReduceScatter, K::kBroadcast}) {
-    if (text == CollectiveName(kind)) return {kind};
+    if (text == CollectiveKindName(kind)) return {kind};
   }
   Fail("--op", StrCat("unknown collective '", text,
                       "'; give allreduce, allgather, reduce_scatter, broadcast or all"));
@@ -59,20 +59,6 @@ DeviceType ParseDevice(const std::string& text) {
 }
 
 }  // namespace
-
-const char* CollectiveName(CollectiveKind kind) {
-  switch (kind) {
-    case CollectiveKind::kAllreduce:
-      return "allreduce";
-    case CollectiveKind::kAllgather:
-      return "allgather";
-    case CollectiveKind::kReduceScatter:
-      return "reduce_scatter";
-    case CollectiveKind::kBroadcast:
-      return "broadcast";
-  }
-  return "unknown";
-}
 
 size_t ParseSize(const std::string& flag, const std::string& text) {
   size_t digits = 0;

@@ -6,16 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "comm/collective.h"
 #include "comm/types.h"
 #include "runtime/base/check.h"
 
 namespace terra::comm::bench {
 
-enum class CollectiveKind { kAllreduce, kAllgather, kReduceScatter, kBroadcast };
-
-const char* CollectiveName(CollectiveKind kind);  // "allreduce", "reduce_scatter", ...
-
 struct BenchOptions {
+  // comm's CollectiveKind, barrier excepted; named by CollectiveKindName.
   std::vector<CollectiveKind> collectives = {CollectiveKind::kAllreduce};  // in run order
   size_t min_bytes = 1024;
   size_t max_bytes = size_t{64} << 20;

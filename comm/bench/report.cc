@@ -51,7 +51,7 @@ void PrintTableHeader(std::ostream& out, const BenchCollective& collective, bool
   constexpr const char* kColumns = "#%12s %13s %9s %7s %7s %10s %8s %8s %7s";
   constexpr const char* kRawColumns = " %10s %10s %9s";
   char line[256];
-  out << "#\n# " << CollectiveName(collective.kind()) << "\n";
+  out << "#\n# " << CollectiveKindName(collective.kind()) << "\n";
   std::snprintf(line, sizeof(line), kColumns, "size", "count", "type", "redop", "root", "time",
                 "algbw", "busbw", "#wrong");
   out << line;
@@ -104,7 +104,7 @@ void WriteJson(const std::string& path, const BenchOptions& options, const RunEn
   std::ostringstream json;
   json << "{\n  \"benchmark\": \"terra-bench-collectives\",\n  \"settings\": {\"ops\": [";
   for (size_t i = 0; i < options.collectives.size(); ++i) {
-    json << (i ? ", " : "") << Quoted(CollectiveName(options.collectives[i]));
+    json << (i ? ", " : "") << Quoted(CollectiveKindName(options.collectives[i]));
   }
   json << "], \"min_bytes\": " << options.min_bytes << ", \"max_bytes\": " << options.max_bytes
        << ", \"factor\": " << options.factor << ", \"warmup\": " << options.warmup
@@ -120,7 +120,7 @@ void WriteJson(const std::string& path, const BenchOptions& options, const RunEn
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& row = rows[i];
     wrong += row.wrong.value_or(0);
-    json << (i ? ",\n" : "\n") << "    {\"op\": " << Quoted(CollectiveName(row.collective))
+    json << (i ? ",\n" : "\n") << "    {\"op\": " << Quoted(CollectiveKindName(row.collective))
          << ", \"bytes\": " << row.bytes << ", \"count\": " << row.count
          << ", \"dtype\": " << Quoted(DataTypeName(row.dtype))
          << ", \"redop\": " << Quoted(OpName(row)) << ", \"root\": " << row.root.value_or(-1)

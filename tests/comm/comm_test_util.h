@@ -3,12 +3,18 @@
 // comm/reduce.h.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "comm/types.h"
+#include "comm/work.h"
+#include "runtime/base/check.h"
 
 namespace terra::comm::testing {
 
@@ -17,6 +23,19 @@ inline constexpr DataType kAllDataTypes[] = {
     DataType::kInt32,   DataType::kInt64,   DataType::kUInt8,   DataType::kInt8};
 inline constexpr ReduceOp kAllReduceOps[] = {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax,
                                              ReduceOp::kMin};
+
+// Expects `work`, submitted to a broken communicator, to fail at once with an
+// Error that says "broken" (communicator.h), not to time out.
+inline void ExpectRefusedAsBroken(const Work& work) {
+  try {
+    work.Wait(std::chrono::milliseconds(1000));
+    ADD_FAILURE() << "expected the broken communicator to refuse";
+  } catch (const TimeoutError& e) {
+    ADD_FAILURE() << "a broken communicator fails at once: " << e.what();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("broken"), std::string::npos) << e.what();
+  }
+}
 
 // Typed storage behind a Buffer.
 class HostBuffer {

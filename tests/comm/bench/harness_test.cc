@@ -101,7 +101,7 @@ TEST(BenchHarnessTest, EveryCollectiveTypeAndOpChecksClean) {
           ASSERT_FALSE(result.rows[0].empty());
           for (const Row& row : result.rows[0]) {
             EXPECT_EQ(row.wrong, 0)
-                << CollectiveName(kind) << " " << DataTypeName(dtype) << " " << ReduceOpName(op)
+                << CollectiveKindName(kind) << " " << DataTypeName(dtype) << " " << ReduceOpName(op)
                 << " world " << world << " " << row.bytes << " B";
           }
         }
@@ -115,8 +115,8 @@ TEST(BenchHarnessTest, InjectedErrorIsCountedOncePerSize) {
     BenchOptions options = SmallRun();
     options.inject_error = true;
     Result result = RunOnFakeWorld(2, options, kind);
-    ASSERT_EQ(result.rows[0].size(), 4u) << CollectiveName(kind);  // 8, 64, 512, 4096
-    for (const Row& row : result.rows[0]) EXPECT_EQ(row.wrong, 1) << CollectiveName(kind);
+    ASSERT_EQ(result.rows[0].size(), 4u) << CollectiveKindName(kind);  // 8, 64, 512, 4096
+    for (const Row& row : result.rows[0]) EXPECT_EQ(row.wrong, 1) << CollectiveKindName(kind);
   }
 }
 
