@@ -29,7 +29,7 @@ std::string Id(NodeIndex i) {
 
 }  // namespace
 
-std::string ToDot(const TraceGraph& graph) {
+std::string ToDot(const TraceGraph& graph, const LocationLabel& where) {
   std::ostringstream out;
   out << "digraph TraceGraph {\n"
       << "  node [shape=box, fontname=\"monospace\"];\n"
@@ -41,7 +41,8 @@ std::string ToDot(const TraceGraph& graph) {
         << "    label=\"segment " << s << "\"; style=dashed;\n";
     for (NodeIndex i : segments[s].nodes) {
       const GraphNode& g = graph.node(i);
-      std::string label = QualifiedName(g.identity) + "\n" + ShortLocation(g.identity.location);
+      std::string label = QualifiedName(g.identity) + "\n" +
+                          (where ? where(g.identity.location) : ShortLocation(g.identity.location));
       if (g.sync_after) label += "\nsync";
       out << "    " << Id(i) << " [label=\"" << Escape(label) << "\"";
       if (graph.IsBranchPoint(i)) out << ", style=filled, fillcolor=orange";

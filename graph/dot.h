@@ -6,12 +6,16 @@
 // carry their traversal counts. kEntry and kExit are small circles. Pure.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "graph/trace_graph.h"
 
 namespace terra::graph {
 
-std::string ToDot(const TraceGraph& graph);
+// `where` describes a node's location for people ("train.py:42 in step");
+// empty: ShortLocation's code hashes.
+using LocationLabel = std::function<std::string(const Location&)>;
+std::string ToDot(const TraceGraph& graph, const LocationLabel& where = {});
 
 }  // namespace terra::graph

@@ -87,7 +87,9 @@ uint16_t Job::master_port() const { return server_.port(); }
 std::vector<std::string> Job::ProgramArgv() const {
   std::vector<std::string> argv;
   if (IsPythonScript(settings_.program)) {
-    argv = {PythonInterpreter(settings_), "-u", settings_.program};
+    // terra.run imports terra (joining the job, starting tracing) and then
+    // runs the unmodified program as __main__.
+    argv = {PythonInterpreter(settings_), "-u", "-m", "terra.run", settings_.program};
   } else {
     argv = {settings_.program};
   }
@@ -106,6 +108,8 @@ std::vector<std::string> Job::BaseEnvironment() const {
   SetEnv(&env, "TERRA_LAUNCHER", "terrarun");
   SetEnv(&env, "TERRA_MODE", ModeName(settings_.mode));
   SetEnv(&env, "TERRA_DEBUG", settings_.debug ? "1" : "0");
+  SetEnv(&env, "TERRA_REPORT", settings_.report ? "1" : "0");
+  SetEnv(&env, "TERRA_DOT", settings_.dot);
   SetEnv(&env, "TERRA_HEARTBEAT_INTERVAL_MS", std::to_string(settings_.heartbeat_interval.count()));
   SetEnv(&env, "PYTHONUNBUFFERED", "1");
   return env;

@@ -102,7 +102,7 @@ int LaunchWithMpirun(const LaunchSettings& settings, const std::string& self_pat
   spec.argv.insert(spec.argv.end(), {"--mca", "plm_rsh_args", "-o BatchMode=yes -o ConnectTimeout=10"});
   if (settings.prefix_output) spec.argv.push_back("--tag-output");
   for (const char* name : {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", kEnvSecret, kEnvJobId,
-                           "TERRA_LAUNCHER", "TERRA_MODE", "TERRA_DEBUG",
+                           "TERRA_LAUNCHER", "TERRA_MODE", "TERRA_DEBUG", "TERRA_REPORT", "TERRA_DOT",
                            "TERRA_HEARTBEAT_INTERVAL_MS", "PYTHONUNBUFFERED"}) {
     spec.argv.insert(spec.argv.end(), {"-x", name});
   }

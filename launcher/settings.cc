@@ -1,6 +1,7 @@
 #include "launcher/settings.h"
 
 #include <charconv>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -63,6 +64,34 @@ bool ParseHostList(const std::string& text, std::vector<HostSlots>* hosts, std::
   return true;
 }
 
+// Makes a --dot file name absolute (against this process's working directory,
+// so ranks started elsewhere agree) and checks that its directory exists.
+bool ResolveDotFile(const std::string& text, std::string* path, std::string* error) {
+  namespace fs = std::filesystem;
+  if (text.empty()) {
+    *error = "--dot needs a file name, got an empty one";
+    return false;
+  }
+  std::error_code ec;
+  fs::path file = fs::absolute(text, ec);
+  if (ec) {
+    *error = StrCat("cannot make --dot '", text, "' an absolute path: ", ec.message());
+    return false;
+  }
+  if (fs::is_directory(file, ec)) {
+    *error =
+        StrCat("--dot '", text, "' is a directory: give a file in it, like ", text, "/graph.dot");
+    return false;
+  }
+  if (!fs::is_directory(file.parent_path(), ec)) {
+    *error = StrCat("the directory of --dot '", text, "' (", file.parent_path().string(),
+                    ") does not exist: create it or choose another file");
+    return false;
+  }
+  *path = file.string();
+  return true;
+}
+
 }  // namespace
 
 const char* ModeName(Mode mode) {
@@ -89,7 +118,9 @@ options:
   -H, --hosts H:S,...      run on these hosts with S slots each, through Open MPI's mpirun
   --hostfile FILE          an Open MPI hostfile, through mpirun
   --mode MODE              eager | trace | auto (default auto): what Terra does with the program
-  --debug                  single-process debug mode (implies -np 1)
+  --debug                  single-process debug mode (implies -np 1 and --report)
+  --report                 each rank prints a tracing report at exit (needs trace or auto)
+  --dot FILE               rank 0 writes the traced graph to FILE as Graphviz DOT at exit
   --no-prefix              do not prefix output lines with the rank
   --python PATH            interpreter for .py programs
   --master-addr ADDR       address ranks use to reach the control plane
@@ -170,6 +201,12 @@ ParseResult ParseCommandLine(const std::vector<std::string>& argv) {
       else return fail(StrCat("unknown --mode '", value, "': expected eager, trace or auto"));
     } else if (arg == "--debug") {
       s.debug = true;
+    } else if (arg == "--report") {
+      s.report = true;
+    } else if (matches(arg, "--dot")) {
+      if (!take_value(arg, "--dot", &value)) return fail("--dot needs a file name");
+      std::string error;
+      if (!ResolveDotFile(value, &s.dot, &error)) return fail(error);
     } else if (arg == "--no-prefix") {
       s.prefix_output = false;
     } else if (arg == "-v" || arg == "--verbose") {
@@ -206,6 +243,11 @@ ParseResult ParseCommandLine(const std::vector<std::string>& argv) {
     }
     if (s.uses_mpirun()) return fail("--debug runs a single local process: drop -H/--hostfile");
   }
+  if (s.mode == Mode::kEager && (s.report || !s.dot.empty())) {
+    const char* name = s.report ? "--report" : "--dot";
+    return fail(StrCat(name, " needs tracing: use --mode trace or auto (eager records nothing)"));
+  }
+  if (s.debug && s.mode != Mode::kEager) s.report = true;
   if (!s.hosts.empty() && !s.hostfile.empty()) return fail("give either -H or --hostfile, not both");
   if (!s.hosts.empty() && !s.num_ranks_given) {
     int total = 0;

@@ -22,6 +22,8 @@ struct LaunchSettings {
   std::string hostfile;
   Mode mode = Mode::kAuto;
   bool debug = false;
+  bool report = false;  // each rank prints a tracing report at exit; --debug sets it unless eager
+  std::string dot;      // absolute path rank 0 writes the TraceGraph to as DOT; empty: none
   bool prefix_output = true;
   std::string python;       // interpreter for .py programs; empty: the one terra was built for
   std::string master_addr;  // empty: 127.0.0.1 locally, this host's name under mpirun

@@ -37,6 +37,7 @@ constexpr DispatchKeySet kBelowBackendSelect(DispatchKeySet::FULL_AFTER,
                                              DispatchKey::BackendSelect);
 
 thread_local OpObserver* tls_observer = nullptr;
+std::atomic<OpObserver*> fallback_observer{nullptr};
 std::atomic<size_t> unobserved_ops{0};
 
 // Strips both bits of kKey: clearing only the key (what
@@ -60,13 +61,24 @@ void InterceptBoxed(const c10::OperatorHandle& op, DispatchKeySet ks, torch::jit
   c10::impl::LocalDispatchKeySet local = c10::impl::tls_local_dispatch_key_set();
   local.included_ = StripKey(local.included_);
   c10::impl::ForceDispatchKeyGuard guard(local);
-  if (OpObserver* observer = tls_observer) {
-    const size_t n = op.schema().arguments().size();
-    observer->OnOp(op, c10::ArrayRef<c10::IValue>(stack->data() + stack->size() - n, n));
-  } else {
+  OpObserver* observer = tls_observer;
+  if (observer == nullptr) observer = fallback_observer.load(std::memory_order_acquire);
+  if (observer == nullptr) {
     unobserved_ops.fetch_add(1, std::memory_order_relaxed);
+    op.redispatchBoxed(ks.remove_backend(kBackendBit) & kBelowBackendSelect, stack);
+    return;
   }
-  op.redispatchBoxed(ks.remove_backend(kBackendBit) & kBelowBackendSelect, stack);
+  const size_t num_args = op.schema().arguments().size();
+  observer->OnOp(op, c10::ArrayRef<c10::IValue>(stack->data() + stack->size() - num_args, num_args));
+  try {
+    op.redispatchBoxed(ks.remove_backend(kBackendBit) & kBelowBackendSelect, stack);
+  } catch (...) {
+    observer->OnOpFailed(op);
+    throw;
+  }
+  const size_t num_returns = op.schema().returns().size();
+  observer->OnOpEnd(
+      op, c10::ArrayRef<c10::IValue>(stack->data() + stack->size() - num_returns, num_returns));
 }
 
 bool WantsDirectKernel(const c10::OperatorHandle& op) {
@@ -159,6 +171,10 @@ bool InterceptionEnabled() {
 InterceptionRegistration RegistrationInfo() {
   if (!registered.load(std::memory_order_acquire)) return {};
   return RegisterOnce().info;
+}
+
+void SetFallbackObserver(OpObserver* observer) {
+  fallback_observer.store(observer, std::memory_order_release);
 }
 
 size_t UnobservedOpCount() { return unobserved_ops.load(std::memory_order_relaxed); }

@@ -14,9 +14,11 @@
 //      into its worker threads with the rest of the thread-local state), and
 //      optimizer ops. Ops with a CompositeExplicitAutograd kernel are seen
 //      whole (`_foreach_add_`, `clone`, `detach`), not as their decomposition.
-//   2. The kernel calls observer->OnOp(op, inputs) and then runs the real
-//      kernel. Ops issued while the real kernel or the observer runs are not
-//      intercepted (nested ops are part of the op that issued them).
+//   2. The kernel calls observer->OnOp(op, inputs), runs the real kernel, and
+//      then calls observer->OnOpEnd(op, outputs) (or OnOpFailed(op) if the
+//      kernel threw; the exception then propagates unchanged). Ops issued
+//      while the real kernel or the observer runs are not intercepted (nested
+//      ops are part of the op that issued them).
 //   3. DisableInterception() removes the key; the thread runs as if Terra had
 //      never been there.
 //
@@ -49,6 +51,15 @@ class OpObserver {
   // registered, i.e. for the life of the process for aten ops. Keep it cheap:
   // it runs once per operator.
   virtual void OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) = 0;
+  // Called after the real kernel returned, with its return values (valid only
+  // during the call). In-place and out= ops return their mutated argument;
+  // ops that return nothing (`_foreach_add_`) mutate arguments the observer
+  // saw in OnOp. Every OnOp is followed by exactly one OnOpEnd or OnOpFailed
+  // on the same thread, with no other op of that thread in between.
+  virtual void OnOpEnd(const c10::OperatorHandle& /*op*/,
+                       c10::ArrayRef<c10::IValue> /*outputs*/) {}
+  // The real kernel threw; the exception propagates after this returns.
+  virtual void OnOpFailed(const c10::OperatorHandle& /*op*/) {}
 };
 
 // Starts intercepting on the current thread, reporting to `observer` (not
@@ -74,8 +85,16 @@ struct InterceptionRegistration {
 };
 InterceptionRegistration RegistrationInfo();
 
-// Ops that reached Terra's kernel on a thread with no observer installed
-// (an autograd worker thread that inherited the key): they ran unobserved.
+// The observer for threads that inherited the key without installing an
+// observer of their own: the autograd engine's device threads (CUDA
+// backward), which run with the thread-local state of the thread that called
+// backward(). nullptr (the default) leaves such ops unobserved. The observer
+// must then be thread-safe; it is not owned and must outlive its
+// installation. Process-wide.
+void SetFallbackObserver(OpObserver* observer);
+
+// Ops that reached Terra's kernel on a thread with no observer installed and
+// no fallback observer: they ran unobserved.
 size_t UnobservedOpCount();
 
 // Enables interception for a scope; restores the previous observer (or

@@ -8,5 +8,6 @@ namespace terra::python {
 void BindControl(pybind11::module_& m);
 void BindCollectives(pybind11::module_& m);
 void BindInterception(pybind11::module_& m);
+void BindTracing(pybind11::module_& m);
 
 }  // namespace terra::python

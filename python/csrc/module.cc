@@ -14,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
   terra::python::BindControl(m);
   terra::python::BindCollectives(m);
   terra::python::BindInterception(m);
+  terra::python::BindTracing(m);
 }

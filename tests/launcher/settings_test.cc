@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 namespace terra::launcher {
 namespace {
 
@@ -76,11 +78,67 @@ TEST(SettingsTest, DebugIsSingleProcess) {
   EXPECT_NE(r.error.find("single process"), std::string::npos);
 }
 
+TEST(SettingsTest, ReportIsOffByDefaultAndDebugImpliesIt) {
+  EXPECT_FALSE(Parse({"x"}).settings.report);
+  EXPECT_TRUE(Parse({"--report", "x"}).settings.report);
+  EXPECT_TRUE(Parse({"--debug", "x"}).settings.report);
+  EXPECT_TRUE(Parse({"--debug", "--mode", "trace", "x"}).settings.report);
+  // --debug stays usable in eager mode, where there is nothing to report.
+  ParseResult r = Parse({"--debug", "--mode", "eager", "x"});
+  ASSERT_EQ(r.action, ParseResult::Action::kRun) << r.error;
+  EXPECT_FALSE(r.settings.report);
+}
+
+TEST(SettingsTest, DotFileIsMadeAbsolute) {
+  namespace fs = std::filesystem;
+  EXPECT_EQ(Parse({"x"}).settings.dot, "");
+  std::string expected = (fs::current_path() / "x.dot").string();
+  for (auto args : {std::vector<std::string>{"--dot", "x.dot", "p"},
+                    std::vector<std::string>{"--dot=x.dot", "p"}}) {
+    ParseResult r = Parse(args);
+    ASSERT_EQ(r.action, ParseResult::Action::kRun) << r.error;
+    EXPECT_EQ(r.settings.dot, expected);
+    EXPECT_EQ(r.settings.program, "p");
+  }
+  std::string absolute = (fs::temp_directory_path() / "g.dot").string();
+  EXPECT_EQ(Parse({"--dot", absolute, "p"}).settings.dot, absolute);
+}
+
+TEST(SettingsTest, RejectsDotFilesThatCannotBeWritten) {
+  ParseResult r = Parse({"--dot", "/nonexistent-terra-dir/g.dot", "x"});
+  EXPECT_EQ(r.action, ParseResult::Action::kError);
+  EXPECT_NE(r.error.find("/nonexistent-terra-dir"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("does not exist"), std::string::npos) << r.error;
+  r = Parse({"--dot=", "x"});
+  EXPECT_EQ(r.action, ParseResult::Action::kError);
+  EXPECT_NE(r.error.find("empty"), std::string::npos) << r.error;
+  r = Parse({"--dot", std::filesystem::temp_directory_path().string(), "x"});
+  EXPECT_EQ(r.action, ParseResult::Action::kError);
+  EXPECT_NE(r.error.find("is a directory"), std::string::npos) << r.error;
+  EXPECT_EQ(Parse({"--dot"}).action, ParseResult::Action::kError);
+}
+
+TEST(SettingsTest, ReportAndDotNeedTracing) {
+  for (auto args : {std::vector<std::string>{"--mode", "eager", "--report", "x"},
+                    std::vector<std::string>{"--report", "--mode=eager", "x"},
+                    std::vector<std::string>{"--mode", "eager", "--dot", "g.dot", "x"}}) {
+    ParseResult r = Parse(args);
+    EXPECT_EQ(r.action, ParseResult::Action::kError) << args[1];
+    EXPECT_NE(r.error.find("needs tracing: use --mode trace or auto"), std::string::npos)
+        << r.error;
+  }
+  EXPECT_EQ(Parse({"--mode", "trace", "--report", "--dot", "g.dot", "x"}).action,
+            ParseResult::Action::kRun);
+  EXPECT_EQ(Parse({"--mode", "auto", "--report", "x"}).action, ParseResult::Action::kRun);
+}
+
 TEST(SettingsTest, HelpAndVersion) {
   EXPECT_EQ(Parse({"--help"}).action, ParseResult::Action::kHelp);
   EXPECT_EQ(Parse({"-h", "x"}).action, ParseResult::Action::kHelp);
   EXPECT_EQ(Parse({"--version"}).action, ParseResult::Action::kVersion);
   EXPECT_NE(HelpText().find("-np"), std::string::npos);
+  EXPECT_NE(HelpText().find("--report"), std::string::npos);
+  EXPECT_NE(HelpText().find("--dot FILE"), std::string::npos);
 }
 
 }  // namespace

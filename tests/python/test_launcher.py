@@ -39,6 +39,21 @@ def test_runs_other_executables_directly():
     assert sorted(proc.stdout.split("\n")[:2]) == ["sh 0", "sh 1"]
 
 
+def test_report_and_dot_are_exported_to_every_rank(tmp_path):
+    show = ["/bin/sh", "-c", 'echo "$RANK report=$TERRA_REPORT dot=$TERRA_DOT"']
+    # A relative --dot is resolved against terrarun's directory, not the rank's.
+    proc, _ = run(["-np", "2", "--no-prefix", "--report", "--dot", "graph.dot", *show],
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    dot = os.path.join(os.path.realpath(tmp_path), "graph.dot")
+    assert sorted(proc.stdout.splitlines()) == [f"0 report=1 dot={dot}", f"1 report=1 dot={dot}"]
+    # Absent options override whatever the caller's environment says.
+    proc, _ = run(["--no-prefix", *show], env={**os.environ, "TERRA_REPORT": "1", "TERRA_DOT": "x"})
+    assert proc.stdout == "0 report=0 dot=\n", proc.stderr
+    proc, _ = run(["--no-prefix", "--debug", *show])
+    assert proc.stdout == "0 report=1 dot=\n", proc.stderr
+
+
 def test_help_and_version():
     proc, _ = run(["--help"])
     assert proc.returncode == 0 and "-np" in proc.stdout
@@ -144,6 +159,8 @@ def test_sigterm_is_forwarded_to_every_rank(tmp_path):
     (["-np", "2", "no-such-program-anywhere"], "cannot run 'no-such-program-anywhere'"),
     (["-H", "nonexistent-host.invalid:1", "x.py"], "host 'nonexistent-host.invalid' cannot be resolved"),
     (["--hostfile", "/nonexistent/hostfile", "x.py"], "hostfile '/nonexistent/hostfile' cannot be read"),
+    (["--mode", "eager", "--report", "x.py"], "--report needs tracing: use --mode trace or auto"),
+    (["--dot", "/nonexistent/g.dot", "x.py"], "(/nonexistent) does not exist"),
 ])
 def test_bad_input_gets_a_clear_error_and_exit_2(args, message):
     proc, seconds = run(args, timeout=30)

@@ -1,0 +1,146 @@
+// terra._C._Tracer: one tracing session of a Python process (the recorder,
+// its Python frame source, and the interception it installs). The Python
+// side (terra/_tracing.py) owns policy: when iterations end, what the mode
+// does when the graph is stable, reports at exit.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graph/dot.h"
+#include "graph/serialize.h"
+#include "python/csrc/bindings.h"
+#include "python/csrc/python_frames.h"
+#include "runtime/interception.h"
+#include "runtime/recorder.h"
+#include "runtime/tracing_report.h"
+
+namespace py = pybind11;
+
+namespace terra::python {
+namespace {
+
+// Threading: start/stop act on the calling thread (interception is per
+// thread); the recorder also observes autograd's device threads through the
+// fallback observer while started. The Python side keeps the tracer alive
+// until the process exits, so no thread is left holding a dangling observer.
+class Tracer {
+ public:
+  Tracer(std::vector<std::string> library_prefixes, std::string cwd, uint32_t max_ops)
+      : frames_(std::move(library_prefixes), std::move(cwd)), recorder_(&frames_, max_ops) {}
+
+  ~Tracer() { Stop(); }
+
+  void Start() {
+    runtime::EnableInterception(&recorder_);
+    runtime::SetFallbackObserver(&recorder_);
+  }
+
+  void Stop() {
+    runtime::SetFallbackObserver(nullptr);
+    runtime::DisableInterception();
+  }
+
+  runtime::Describer Describer() {
+    return [this](const std::vector<graph::Frame>& f) { return frames_.Describe(f); };
+  }
+
+  std::string Report(const std::string& mode, uint64_t stable_after, int rank) {
+    runtime::ReportInput in;
+    const graph::TraceGraph graph = recorder_.Graph();
+    in.graph = &graph;
+    in.stats = recorder_.Stats();
+    in.syncs = recorder_.Syncs();
+    in.mode = mode;
+    in.stable_after = stable_after;
+    in.rank = rank;
+    return runtime::TracingReport(in, Describer());
+  }
+
+  std::string Dot() {
+    const graph::TraceGraph graph = recorder_.Graph();
+    runtime::LocationNamer namer(graph, Describer());
+    return graph::ToDot(graph, [&](const graph::Location& loc) { return namer.Where(loc); });
+  }
+
+  py::dict Stats() {
+    const graph::TraceGraph graph = recorder_.Graph();
+    const runtime::RecorderStats st = recorder_.Stats();
+    const runtime::GraphSummary s = runtime::Summarize(graph);
+    py::dict d;
+    d["iterations"] = st.iterations;
+    d["ops"] = st.ops;
+    d["syncs"] = st.syncs;
+    d["ops_per_iteration"] = st.ops_per_iteration;
+    d["ops_in_current"] = st.ops_in_current;
+    d["prologue_ops"] = st.prologue_ops;
+    d["overflows"] = st.overflows;
+    d["nodes"] = s.nodes;
+    d["edges"] = s.edges;
+    d["branch_points"] = s.branch_points;
+    d["segments"] = s.segments;
+    d["longest_segment"] = s.longest_segment;
+    d["sync_nodes"] = s.sync_nodes;
+    d["max_variants"] = s.max_variants;
+    d["stable_for"] = graph.StableFor();
+    py::list syncs;
+    runtime::LocationNamer namer(graph, Describer());
+    for (const runtime::SyncSummary& sync : recorder_.Syncs()) {
+      py::dict e;
+      e["where"] = namer.Where(sync.location);
+      e["op"] = sync.op;
+      e["count"] = sync.count;
+      syncs.append(e);
+    }
+    d["sync_points"] = syncs;
+    py::list branches;
+    for (graph::NodeIndex b : graph.BranchPoints()) {
+      py::dict e;
+      e["where"] = b == graph::kEntry ? std::string("start of iteration") : namer.Node(b);
+      e["ways"] = graph.Successors(b).size();
+      branches.append(e);
+    }
+    d["branch_points_at"] = branches;
+    return d;
+  }
+
+  runtime::Recorder& recorder() { return recorder_; }
+
+ private:
+  PythonFrames frames_;
+  runtime::Recorder recorder_;
+};
+
+}  // namespace
+
+void BindTracing(py::module_& m) {
+  py::class_<Tracer>(m, "_Tracer")
+      .def(py::init<std::vector<std::string>, std::string, uint32_t>(), py::arg("library_prefixes"),
+           py::arg("cwd"), py::arg("max_ops_per_iteration") = runtime::Recorder::kDefaultMaxOpsPerIteration)
+      .def("start", &Tracer::Start, "Intercept and record this thread's ops (and autograd's).")
+      .def("stop", &Tracer::Stop, "Stop intercepting on this thread.")
+      .def(
+          "end_iteration",
+          [](Tracer& t, bool merge) {
+            py::gil_scoped_release no_gil;  // autograd device threads may be recording
+            return t.recorder().EndIteration(merge);
+          },
+          py::arg("merge") = true, "End the iteration; returns whether the TraceGraph changed.")
+      .def(
+          "sync", [](Tracer& t, const at::Tensor& tensor, const std::string& kind) {
+            t.recorder().OnSync(tensor, kind);
+          },
+          py::arg("tensor"), py::arg("kind"), "Record a direct read of tensor's value.")
+      .def(
+          "is_stable",
+          [](Tracer& t, uint64_t k) { return t.recorder().IsStable(k); }, py::arg("k"))
+      .def("stats", &Tracer::Stats)
+      .def("report", &Tracer::Report, py::arg("mode"), py::arg("stable_after"), py::arg("rank"))
+      .def("dot", &Tracer::Dot)
+      .def("serialize", [](Tracer& t) { return py::bytes(graph::Serialize(t.recorder().Graph())); });
+}
+
+}  // namespace terra::python
