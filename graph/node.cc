@@ -139,6 +139,12 @@ uint64_t StructuralHash(const NodeIdentity& id) {
   return Fnv1a64(out.data());
 }
 
+uint64_t VariantKey(const NodeIdentity& id) {
+  NodeIdentity key = id;
+  key.inputs.clear();
+  return StructuralHash(key);
+}
+
 std::string QualifiedName(const NodeIdentity& id) {
   return id.overload.empty() ? id.op : id.op + "." + id.overload;
 }

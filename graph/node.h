@@ -101,6 +101,9 @@ NodeIdentity DecodeIdentity(ByteReader& in);
 
 uint64_t Fnv1a64(std::string_view bytes);
 uint64_t StructuralHash(const NodeIdentity& id);
+// The hash of `id` without its input metadata: equal for the variants (other
+// shapes, dtypes, strides) of one op issued at one location.
+uint64_t VariantKey(const NodeIdentity& id);
 
 // "aten::add.Tensor"
 std::string QualifiedName(const NodeIdentity& id);

@@ -45,6 +45,8 @@ struct ThreadState {
   uint64_t last_backward_of = 0;
   uint32_t last_ordinal = 0;
   bool has_last = false;
+  uint64_t epoch = 0;  // the recorder epoch has_last refers to
+  const void* recorder = nullptr;
   uint64_t last_sequence_nr = 0;
 };
 thread_local ThreadState tls;
@@ -156,6 +158,12 @@ void Recorder::Track(const at::Tensor& tensor, graph::ValueRef ref) {
 
 void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
   ThreadState& ts = tls;
+  const uint64_t epoch = epoch_.load(std::memory_order_relaxed);
+  if (ts.epoch != epoch || ts.recorder != this) {
+    ts.has_last = false;  // a new iteration (or recorder): ordinals start over
+    ts.epoch = epoch;
+    ts.recorder = this;
+  }
   Pending& p = ts.pending;
   p.active = true;
   p.identity = graph::NodeIdentity{};
@@ -389,6 +397,7 @@ void Recorder::AddSyncLocked(graph::ValueRef value, const graph::Location& locat
 bool Recorder::EndIteration(bool merge) {
   std::lock_guard<std::mutex> lock(mu_);
   overflowed_ = false;
+  epoch_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t seq = NextSequenceNr();
   // Backward functions created before the previous boundary can no longer
   // run in this program's usual shape; forget them so the map stays small.
@@ -404,7 +413,15 @@ bool Recorder::EndIteration(bool merge) {
     next_input_ = 0;
     return false;
   }
+  const size_t nodes_before = graph_.NodeCount();
   const bool changed = graph_.AddTrace(trace_);
+  if (stats_.iterations > 0) {
+    for (size_t i = nodes_before; i < graph_.NodeCount(); ++i) {
+      const uint64_t n = ++new_variants_[graph::VariantKey(graph_.nodes()[i].identity)];
+      if (n > stats_.max_new_variants) stats_.max_new_variants = n;
+      if (n == kMaxShapeVariants + 1) ++stats_.locations_over_bound;
+    }
+  }
   ++stats_.iterations;
   stats_.ops_per_iteration.push_back(static_cast<uint32_t>(trace_.size()));
   if (stats_.ops_per_iteration.size() > kMaxIterationsKept) {

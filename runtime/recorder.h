@@ -37,6 +37,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -106,7 +107,9 @@ class Recorder final : public OpObserver {
   LocationSource* locations_;
   const uint32_t max_ops_per_iteration_;
   mutable std::mutex mu_;
-  bool overflowed_ = false;  // the current iteration passed the op limit; ops are ignored
+  bool overflowed_ = false;
+  // Counts EndIteration calls; a thread's ordinal run never spans a boundary.
+  std::atomic<uint64_t> epoch_{0};  // the current iteration passed the op limit; ops are ignored
   graph::Trace trace_;
   graph::TraceGraph graph_;
   std::unordered_map<const c10::OperatorName*, std::unique_ptr<OpInfo>> ops_;
@@ -117,6 +120,7 @@ class Recorder final : public OpObserver {
   // are dropped at EndIteration.
   std::unordered_map<uint64_t, uint64_t> forward_of_seq_;
   uint64_t seq_at_previous_end_ = 0;
+  std::unordered_map<uint64_t, uint64_t> new_variants_;  // VariantKey -> variants added late
   std::vector<SyncSummary> syncs_;
   std::unordered_map<uint64_t, size_t> sync_index_;  // hash of (location, op) -> syncs_ index
   RecorderStats stats_;

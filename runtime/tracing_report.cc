@@ -16,13 +16,6 @@ using graph::GraphNode;
 using graph::NodeIndex;
 using graph::TraceGraph;
 
-// A node's identity without its input metadata: equal for the variants of
-// one op at one location.
-uint64_t VariantKey(const graph::NodeIdentity& id) {
-  graph::NodeIdentity key = id;
-  key.inputs.clear();
-  return graph::StructuralHash(key);
-}
 
 void More(std::ostringstream& out, size_t shown, size_t total) {
   if (total > shown) out << "    ... and " << (total - shown) << " more\n";
@@ -50,7 +43,15 @@ std::string LocationNamer::Where(const graph::Location& loc, int depth) const {
 std::string LocationNamer::Node(NodeIndex i) const {
   if (i == graph::kExit) return "end of iteration";
   const GraphNode& g = graph_.node(i);
-  return graph::QualifiedName(g.identity) + " (" + Where(g.identity.location) + ")";
+  std::string shape;
+  if (!g.identity.inputs.empty()) {
+    // The first input's shape tells apart the variants of one op at one place.
+    shape = " [";
+    const std::vector<int64_t>& sizes = g.identity.inputs.front().sizes;
+    for (size_t d = 0; d < sizes.size(); ++d) shape += (d ? "x" : "") + std::to_string(sizes[d]);
+    shape += "]";
+  }
+  return graph::QualifiedName(g.identity) + shape + " (" + Where(g.identity.location) + ")";
 }
 
 GraphSummary Summarize(const TraceGraph& graph) {
@@ -64,11 +65,8 @@ GraphSummary Summarize(const TraceGraph& graph) {
   std::unordered_map<uint64_t, size_t> variants;
   for (const GraphNode& g : graph.nodes()) {
     if (g.sync_after) ++s.sync_nodes;
-    const size_t n = ++variants[VariantKey(g.identity)];
+    const size_t n = ++variants[graph::VariantKey(g.identity)];
     s.max_variants = std::max(s.max_variants, n);
-  }
-  for (const auto& [key, n] : variants) {
-    if (n > kMaxShapeVariants) ++s.locations_over_bound;
   }
   return s;
 }
@@ -128,24 +126,34 @@ std::string TracingReport(const ReportInput& in, const Describer& describe) {
   }
 
   if (!in.syncs.empty()) {
-    std::vector<SyncSummary> syncs = in.syncs;
-    std::stable_sort(syncs.begin(), syncs.end(),
-                     [](const SyncSummary& a, const SyncSummary& b) { return a.count > b.count; });
+    // One row per source line and read kind: frames that differ only below
+    // the program's own code (a list comprehension, a helper) read the same.
+    std::vector<std::pair<std::string, uint64_t>> rows;
+    std::unordered_map<std::string, size_t> row_of;
+    for (const SyncSummary& sync : in.syncs) {
+      std::string text = where.Where(sync.location) + "  " + sync.op;
+      auto [it, added] = row_of.emplace(text, rows.size());
+      if (added) rows.emplace_back(std::move(text), 0);
+      rows[it->second].second += sync.count;
+    }
+    std::stable_sort(rows.begin(), rows.end(),
+                     [](const auto& a, const auto& b) { return a.second > b.second; });
     out << "  sync points (Python read a tensor's value):\n";
     size_t shown = 0;
-    for (const SyncSummary& sync : syncs) {
+    for (const auto& [text, count] : rows) {
       if (shown == in.max_listed) break;
       ++shown;
-      out << "    " << sync.count << "x  " << where.Where(sync.location) << "  " << sync.op << "\n";
+      out << "    " << count << "x  " << text << "\n";
     }
-    More(out, shown, syncs.size());
+    More(out, shown, rows.size());
   }
 
-  if (s.max_variants > 1) {
-    out << "  shape variants: at most " << s.max_variants << " at one location";
-    if (s.locations_over_bound > 0) {
-      out << "; " << s.locations_over_bound << " locations exceed the bound of " << kMaxShapeVariants
-          << " and will run eagerly";
+  if (st.max_new_variants > 0) {
+    out << "  shapes that changed between iterations: up to " << st.max_new_variants
+        << " new variants of one op at one location";
+    if (st.locations_over_bound > 0) {
+      out << "; " << st.locations_over_bound << " locations passed the bound of " << kMaxShapeVariants
+          << " (co-execution will run them eagerly)";
     }
     out << "\n";
   }

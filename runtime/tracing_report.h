@@ -14,11 +14,6 @@
 
 namespace terra::runtime {
 
-// Node variants (other input shapes, dtypes or strides) allowed at one
-// program location before co-execution stops trying to match it
-// (design.md §5).
-inline constexpr size_t kMaxShapeVariants = 8;
-
 struct GraphSummary {
   size_t nodes = 0;
   size_t edges = 0;
@@ -26,8 +21,8 @@ struct GraphSummary {
   size_t segments = 0;
   size_t longest_segment = 0;
   size_t sync_nodes = 0;            // nodes followed by a sync point
-  size_t max_variants = 0;          // most node variants at one location
-  size_t locations_over_bound = 0;  // locations with more than kMaxShapeVariants variants
+  size_t max_variants = 0;          // most node variants at one location (a loop over
+                                    // parameters of many shapes has many)
 };
 
 GraphSummary Summarize(const graph::TraceGraph& graph);

@@ -26,6 +26,12 @@ class LocationSource {
   virtual std::string Describe(const std::vector<graph::Frame>& frames) = 0;
 };
 
+// New node variants (other input shapes, dtypes or strides) one program
+// location may add after the first traced iteration before co-execution stops
+// trying to match it there (design.md §5). Variants present from the first
+// iteration on (a loop over parameters of different shapes) do not count.
+inline constexpr size_t kMaxShapeVariants = 8;
+
 struct RecorderStats {
   uint64_t iterations = 0;              // traces merged
   uint64_t ops = 0;                     // ops recorded, all iterations, current one included
@@ -34,6 +40,8 @@ struct RecorderStats {
   uint32_t ops_in_current = 0;          // ops recorded since the last EndIteration
   uint64_t prologue_ops = 0;            // ops in traces dropped by EndIteration(false)
   uint64_t overflows = 0;               // iterations dropped for passing the op limit
+  uint64_t max_new_variants = 0;        // most variants one location added after the first iteration
+  uint64_t locations_over_bound = 0;    // locations that added more than kMaxShapeVariants
 };
 
 // A sync point aggregated over iterations, for reports.

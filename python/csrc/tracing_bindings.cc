@@ -85,6 +85,8 @@ class Tracer {
     d["longest_segment"] = s.longest_segment;
     d["sync_nodes"] = s.sync_nodes;
     d["max_variants"] = s.max_variants;
+    d["max_new_variants"] = st.max_new_variants;
+    d["locations_over_bound"] = st.locations_over_bound;
     d["stable_for"] = graph.StableFor();
     py::list syncs;
     runtime::LocationNamer namer(graph, Describer());
