@@ -47,10 +47,6 @@ ArgsEncoder& ArgsEncoder::IntList(const std::vector<int64_t>& v) {
 
 namespace {
 
-void EncodeInts(const std::vector<int64_t>& v, ByteWriter& out) {
-  out.U32(static_cast<uint32_t>(v.size()));
-  for (int64_t x : v) out.I64(x);
-}
 
 std::vector<int64_t> DecodeInts(ByteReader& in, const char* what) {
   uint32_t n = in.Count(what, 8, kMaxDims);
@@ -61,9 +57,26 @@ std::vector<int64_t> DecodeInts(ByteReader& in, const char* what) {
 
 }  // namespace
 
+ArgsEncoder& ArgsEncoder::Fed(Tag kind) {
+  out_.U8(kFed);
+  out_.U8(kind);
+  return *this;
+}
+
+namespace {
+
+template <typename Writer>
+void EncodeIntsTo(const std::vector<int64_t>& v, Writer& out) {
+  out.U32(static_cast<uint32_t>(v.size()));
+  for (int64_t x : v) out.I64(x);
+}
+
 // Field order is the format: changing it changes every hash (bump the wire
-// version in serialize.cc and the golden hash in node_test.cc).
-void EncodeIdentity(const NodeIdentity& id, ByteWriter& out) {
+// version in serialize.cc and the golden hash in node_test.cc). Writer is a
+// ByteWriter (the wire format) or an Fnv1aWriter (the structural hash of the
+// same bytes, without materializing them).
+template <typename Writer>
+void EncodeTo(const NodeIdentity& id, Writer& out) {
   TERRA_CHECK(id.op.size() <= kMaxNameBytes && id.overload.size() <= kMaxNameBytes,
               "operator name longer than ", kMaxNameBytes, " bytes: ", id.op);
   TERRA_CHECK(id.args.size() <= kMaxArgsBytes, "non-tensor arguments of ", id.op, " exceed ",
@@ -82,8 +95,8 @@ void EncodeIdentity(const NodeIdentity& id, ByteWriter& out) {
     out.U8(t.dtype);
     out.U8(t.device_type);
     out.U16(static_cast<uint16_t>(t.device_index));
-    EncodeInts(t.sizes, out);
-    EncodeInts(t.strides, out);
+    EncodeIntsTo(t.sizes, out);
+    EncodeIntsTo(t.strides, out);
   }
   const Location& loc = id.location;
   out.U32(static_cast<uint32_t>(loc.frames.size()));
@@ -96,6 +109,10 @@ void EncodeIdentity(const NodeIdentity& id, ByteWriter& out) {
   out.U64(loc.backward_of);
   out.U32(loc.ordinal);
 }
+
+}  // namespace
+
+void EncodeIdentity(const NodeIdentity& id, ByteWriter& out) { EncodeTo(id, out); }
 
 NodeIdentity DecodeIdentity(ByteReader& in) {
   NodeIdentity id;
@@ -134,9 +151,9 @@ uint64_t Fnv1a64(std::string_view bytes) {
 }
 
 uint64_t StructuralHash(const NodeIdentity& id) {
-  ByteWriter out;
-  EncodeIdentity(id, out);
-  return Fnv1a64(out.data());
+  Fnv1aWriter out;
+  EncodeTo(id, out);
+  return out.state();
 }
 
 uint64_t VariantKey(const NodeIdentity& id) {

@@ -75,14 +75,20 @@ struct NodeIdentity {
 // value, so equal argument lists give equal bytes.
 class ArgsEncoder {
  public:
-  enum Tag : uint8_t { kNone = 0, kBool, kInt, kDouble, kString, kIntList };
+  enum Tag : uint8_t { kNone = 0, kBool, kInt, kDouble, kString, kIntList, kFed };
   ArgsEncoder& None();
   ArgsEncoder& Bool(bool v);
   ArgsEncoder& Int(int64_t v);
   ArgsEncoder& Double(double v);  // by bit pattern: -0.0 and 0.0 differ, NaNs by payload
   ArgsEncoder& String(std::string_view v);
   ArgsEncoder& IntList(const std::vector<int64_t>& v);
+  // An argument whose value is fed at run time, not part of the identity:
+  // only its kind (kInt, kDouble, ...) is encoded.
+  ArgsEncoder& Fed(Tag kind);
   std::string Take() { return out_.Take(); }
+  // For reuse without allocating: the bytes so far, and a reset.
+  std::string_view bytes() const { return out_.data(); }
+  void Clear() { out_.Clear(); }
 
  private:
   ByteWriter out_;

@@ -34,6 +34,18 @@ uint32_t Trace::Add(NodeIdentity identity, std::vector<ValueRef> inputs, uint32_
   return static_cast<uint32_t>(nodes_.size() - 1);
 }
 
+uint32_t Trace::AddKnown(uint64_t hash, std::vector<ValueRef> inputs, uint32_t num_outputs) {
+  TERRA_CHECK(nodes_.size() < UINT32_MAX - 2, "trace too long");
+  for (const ValueRef& ref : inputs) CheckRef(nodes_, ref, "known node");
+  TraceNode node;
+  node.hash = hash;
+  node.inputs = std::move(inputs);
+  node.num_outputs = num_outputs;
+  node.elided = true;
+  nodes_.push_back(std::move(node));
+  return static_cast<uint32_t>(nodes_.size() - 1);
+}
+
 void Trace::AddSync(ValueRef value, Location location) {
   CheckRef(nodes_, value, "sync point");
   syncs_.push_back({static_cast<uint32_t>(nodes_.size()), value, std::move(location)});

@@ -38,10 +38,13 @@ struct ValueRef {
 };
 
 struct TraceNode {
-  NodeIdentity identity;
+  NodeIdentity identity;         // empty when elided
   uint64_t hash = 0;             // StructuralHash(identity), computed once by Trace::Add
   std::vector<ValueRef> inputs;  // one per identity.inputs entry
   uint32_t num_outputs = 0;
+  // The identity was left out because the TraceGraph this trace will merge
+  // into already has a node with this hash (Trace::AddKnown).
+  bool elided = false;
 };
 
 // Python read `value` after the first `position` nodes of the trace had been
@@ -58,6 +61,13 @@ class Trace {
   // input per tensor metadata entry and that every kNodeOutput input names an
   // output of an earlier node.
   uint32_t Add(NodeIdentity identity, std::vector<ValueRef> inputs, uint32_t num_outputs);
+  // Appends a node of a known graph node by its structural hash alone: the
+  // recorder's fast path, which builds no identity for the ops the graph has
+  // already seen. The 64-bit hash is trusted (a collision would merge two
+  // different ops). Merging the trace into a graph without that hash fails.
+  uint32_t AddKnown(uint64_t hash, std::vector<ValueRef> inputs, uint32_t num_outputs);
+  // Room for n nodes (a recorder expects the next iteration to look like the last).
+  void Reserve(size_t n) { nodes_.reserve(n); }
   // Records a read of `value` at the current position.
   void AddSync(ValueRef value, Location location);
 

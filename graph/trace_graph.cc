@@ -39,6 +39,13 @@ std::optional<NodeIndex> TraceGraph::Find(const NodeIdentity& id, uint64_t hash)
   return std::nullopt;
 }
 
+std::optional<NodeIndex> TraceGraph::Match(const TraceNode& tn) const {
+  if (!tn.elided) return Find(tn.identity, tn.hash);
+  auto it = by_hash_.find(tn.hash);
+  if (it == by_hash_.end()) return std::nullopt;
+  return it->second;
+}
+
 bool TraceGraph::AddEdge(NodeIndex from, NodeIndex to) {
   std::vector<Edge>& succ = MutableSuccessors(from);
   for (Edge& e : succ) {
@@ -67,10 +74,15 @@ NodeIndex TraceGraph::AddNode(const TraceNode& tn) {
 bool TraceGraph::AddTrace(const Trace& trace) {
   const std::vector<TraceNode>& tnodes = trace.nodes();
   // Validate first, so that a rejected trace leaves the graph untouched.
-  for (const TraceNode& tn : tnodes) {
-    if (auto found = Find(tn.identity, tn.hash)) {
-      TERRA_CHECK(nodes_[*found].num_outputs == tn.num_outputs, QualifiedName(tn.identity), " at ",
-                  ShortLocation(tn.identity.location), " returned ", tn.num_outputs,
+  for (size_t i = 0; i < tnodes.size(); ++i) {
+    const TraceNode& tn = tnodes[i];
+    std::optional<NodeIndex> found = Match(tn);
+    TERRA_CHECK(found || !tn.elided, "trace node ", i, " was recorded as known (hash ", tn.hash,
+                ") but the TraceGraph has no such node");
+    if (found) {
+      const NodeIdentity& id = nodes_[*found].identity;
+      TERRA_CHECK(nodes_[*found].num_outputs == tn.num_outputs, QualifiedName(id), " at ",
+                  ShortLocation(id.location), " returned ", tn.num_outputs,
                   " outputs, earlier traces saw ", nodes_[*found].num_outputs);
     }
   }
@@ -83,7 +95,7 @@ bool TraceGraph::AddTrace(const Trace& trace) {
   NodeIndex prev = kEntry;
   for (size_t i = 0; i < tnodes.size(); ++i) {
     const TraceNode& tn = tnodes[i];
-    std::optional<NodeIndex> found = Find(tn.identity, tn.hash);
+    std::optional<NodeIndex> found = Match(tn);
     NodeIndex idx = found ? *found : AddNode(tn);
     changed |= !found;
     mapping[i] = idx;

@@ -73,7 +73,8 @@ class TraceGraph {
  public:
   // Merges one iteration. Returns true when the structure changed. TERRA_CHECKs
   // (before changing anything) that a node matching an existing identity has
-  // the same number of outputs.
+  // the same number of outputs, and that every elided trace node
+  // (Trace::AddKnown) names a node of this graph.
   bool AddTrace(const Trace& trace);
 
   size_t NodeCount() const { return nodes_.size(); }
@@ -88,6 +89,8 @@ class TraceGraph {
   std::vector<NodeIndex> BranchPoints() const;
   bool IsBranchPoint(NodeIndex i) const { return Successors(i).size() >= 2; }
   std::optional<NodeIndex> Find(const NodeIdentity& id, uint64_t hash) const;
+  // Whether some node has this structural hash.
+  bool ContainsHash(uint64_t hash) const { return by_hash_.count(hash) != 0; }
 
   uint64_t TracesAdded() const { return traces_added_; }
   uint64_t StableFor() const { return stable_for_; }
@@ -103,6 +106,7 @@ class TraceGraph {
   // Returns true when the edge is new.
   bool AddEdge(NodeIndex from, NodeIndex to);
   NodeIndex AddNode(const TraceNode& tn);
+  std::optional<NodeIndex> Match(const TraceNode& tn) const;
   std::vector<Edge>& MutableSuccessors(NodeIndex from);
 
   std::vector<GraphNode> nodes_;

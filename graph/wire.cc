@@ -7,15 +7,21 @@ namespace terra::graph {
 void ByteWriter::U8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
 
 void ByteWriter::U16(uint16_t v) {
-  for (int i = 0; i < 2; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+  char bytes[2];
+  for (int i = 0; i < 2; ++i) bytes[i] = static_cast<char>(static_cast<uint8_t>(v >> (8 * i)));
+  out_.append(bytes, 2);
 }
 
 void ByteWriter::U32(uint32_t v) {
-  for (int i = 0; i < 4; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+  char bytes[4];
+  for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>(static_cast<uint8_t>(v >> (8 * i)));
+  out_.append(bytes, 4);
 }
 
 void ByteWriter::U64(uint64_t v) {
-  for (int i = 0; i < 8; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+  char bytes[8];
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(static_cast<uint8_t>(v >> (8 * i)));
+  out_.append(bytes, 8);
 }
 
 void ByteWriter::Bytes(std::string_view bytes) {

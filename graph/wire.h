@@ -29,9 +29,45 @@ class ByteWriter {
 
   const std::string& data() const { return out_; }
   std::string Take() { return std::move(out_); }
+  void Clear() { out_.clear(); }  // keeps the capacity
 
  private:
   std::string out_;
+};
+
+// FNV-1a 64 over the bytes a ByteWriter would write, without writing them:
+// Fnv1aWriter fed the same calls as a ByteWriter ends with
+// Fnv1a64(writer.data()). The validation path uses it to compute a node's
+// structural hash (node.h) with no allocation.
+class Fnv1aWriter {
+ public:
+  static constexpr uint64_t kOffsetBasis = 0xcbf29ce484222325ull;
+  static constexpr uint64_t kPrime = 0x100000001b3ull;
+
+  explicit Fnv1aWriter(uint64_t state = kOffsetBasis) : h_(state) {}
+  void U8(uint8_t v) { h_ = (h_ ^ v) * kPrime; }
+  void U16(uint16_t v) {
+    U8(static_cast<uint8_t>(v));
+    U8(static_cast<uint8_t>(v >> 8));
+  }
+  void U32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  void U64(uint64_t v) {
+    for (int i = 0; i < 8; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  void I64(int64_t v) { U64(static_cast<uint64_t>(v)); }
+  void Bytes(std::string_view bytes) {
+    U32(static_cast<uint32_t>(bytes.size()));
+    Raw(bytes);
+  }
+  void Raw(std::string_view bytes) {
+    for (char c : bytes) U8(static_cast<uint8_t>(c));
+  }
+  uint64_t state() const { return h_; }
+
+ private:
+  uint64_t h_;
 };
 
 class ByteReader {

@@ -9,12 +9,16 @@
 #include <utility>
 
 #include "runtime/autograd_context.h"
+#include "runtime/base/check.h"
+#include "runtime/op_arguments.h"
 
 namespace terra::runtime {
 
 struct Recorder::OpInfo {
   std::string name;
   std::string overload;
+  uint64_t name_state = 0;           // NameState(): where this op's identity hashes start
+  ArgumentPolicy policy;             // which argument values are fed, not identity
   bool reads_value = false;          // returns a Python number computed from tensor data
   bool ignored = false;              // runs, but is not part of the program's computation
   std::vector<size_t> mutated_args;  // arguments the schema marks as written
@@ -28,7 +32,9 @@ constexpr size_t kMaxIterationsKept = 1024;
 // not intercepted, so one per thread is enough.
 struct Pending {
   bool active = false;
-  graph::NodeIdentity identity;
+  bool known = false;  // the graph has this node: only its hash is recorded
+  uint64_t hash = 0;
+  graph::NodeIdentity identity;  // built only for new nodes and sync points
   std::vector<graph::ValueRef> inputs;
   std::vector<at::Tensor> mutated;  // only for ops that return no tensor
   bool reads_value = false;         // a sync point: Python gets a number from tensor data
@@ -40,12 +46,12 @@ struct Pending {
 // autograd sequence number seen.
 struct ThreadState {
   Pending pending;
-  std::vector<graph::Frame> frames;       // scratch for the current op
-  std::vector<graph::Frame> last_frames;  // the previous forward op's frames
-  uint64_t last_backward_of = 0;
-  uint32_t last_ordinal = 0;
-  bool has_last = false;
-  uint64_t epoch = 0;  // the recorder epoch has_last refers to
+  std::vector<graph::Frame> frames;  // scratch for the current op
+  std::vector<at::Tensor> tensors;   // scratch: the op's tensor inputs
+  std::vector<at::Tensor> outputs;   // scratch: its tensor outputs
+  graph::ArgsEncoder args;           // scratch: its other arguments
+  OrdinalTracker ordinals;
+  uint64_t epoch = 0;  // the recorder epoch the ordinals refer to
   const void* recorder = nullptr;
   uint64_t last_sequence_nr = 0;
 };
@@ -83,29 +89,6 @@ bool IsNumberType(const c10::TypePtr& type) {
   }
 }
 
-graph::TensorMeta MetaOf(const at::Tensor& t) {
-  graph::TensorMeta m;
-  m.dtype = static_cast<uint8_t>(t.scalar_type());
-  const c10::Device device = t.device();
-  m.device_type = static_cast<uint8_t>(device.type());
-  m.device_index = device.index();
-  if (t.is_nested()) return m;
-  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-  try {
-    const c10::IntArrayRef sizes = impl->sizes();
-    m.sizes.assign(sizes.begin(), sizes.end());
-    if (t.layout() == c10::kStrided) {
-      const c10::IntArrayRef strides = impl->strides();
-      m.strides.assign(strides.begin(), strides.end());
-    }
-  } catch (const c10::Error&) {
-    // Symbolic or policy-controlled sizes: identify by dtype and device only.
-    m.sizes.clear();
-    m.strides.clear();
-  }
-  return m;
-}
-
 }  // namespace
 
 Recorder::Recorder(LocationSource* locations, uint32_t max_ops_per_iteration)
@@ -120,6 +103,8 @@ const Recorder::OpInfo& Recorder::InfoFor(const c10::OperatorHandle& op) {
   auto info = std::make_unique<OpInfo>();
   info->name = key->name;
   info->overload = key->overload_name;
+  info->name_state = NameState(*key);
+  info->policy = PolicyFor(op.schema());
   const c10::FunctionSchema& schema = op.schema();
   bool any_return = !schema.returns().empty();
   bool all_numbers = any_return;
@@ -138,29 +123,21 @@ const Recorder::OpInfo& Recorder::InfoFor(const c10::OperatorHandle& op) {
 }
 
 graph::ValueRef Recorder::Resolve(const at::Tensor& tensor) {
-  c10::TensorImpl* impl = tensor.unsafeGetTensorImpl();
-  auto it = values_.find(impl);
-  if (it != values_.end()) return it->second.ref;
+  if (const graph::ValueRef* ref = values_.Find(tensor.unsafeGetTensorImpl())) return *ref;
   const graph::ValueRef ref = graph::ValueRef::External(graph::ValueKind::kProgramInput, next_input_++);
-  values_.emplace(impl, Tracked{ref, c10::weak_intrusive_ptr<c10::TensorImpl>(tensor.getIntrusivePtr())});
+  values_.Set(tensor.getIntrusivePtr(), ref);
   return ref;
 }
 
 void Recorder::Track(const at::Tensor& tensor, graph::ValueRef ref) {
-  c10::TensorImpl* impl = tensor.unsafeGetTensorImpl();
-  auto it = values_.find(impl);
-  if (it != values_.end()) {
-    it->second.ref = ref;
-    return;
-  }
-  values_.emplace(impl, Tracked{ref, c10::weak_intrusive_ptr<c10::TensorImpl>(tensor.getIntrusivePtr())});
+  values_.Set(tensor.getIntrusivePtr(), ref);
 }
 
 void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
   ThreadState& ts = tls;
   const uint64_t epoch = epoch_.load(std::memory_order_relaxed);
   if (ts.epoch != epoch || ts.recorder != this) {
-    ts.has_last = false;  // a new iteration (or recorder): ordinals start over
+    ts.ordinals.Reset();  // a new iteration (or recorder): ordinals start over
     ts.epoch = epoch;
     ts.recorder = this;
   }
@@ -193,7 +170,7 @@ void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> in
       overflowed_ = true;
       ++stats_.overflows;
       trace_ = graph::Trace();
-      values_.clear();
+      values_.Clear();
       next_input_ = 0;
       stats_.ops_in_current = 0;
     }
@@ -205,108 +182,44 @@ void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> in
     p.active = false;
     return;
   }
-  graph::NodeIdentity& id = p.identity;
-  id.op = info.name;
-  id.overload = info.overload;
-
-  graph::Location& loc = id.location;
+  uint64_t backward_of = 0;
   if (backward.active) {
-    uint64_t of = 0;
     if (backward.has_forward) {
       auto it = forward_of_seq_.find(backward.sequence_nr);
-      if (it != forward_of_seq_.end()) of = it->second;
+      if (it != forward_of_seq_.end()) backward_of = it->second;
     }
-    if (of == 0) {
+    if (backward_of == 0) {
       // No forward op (AccumulateGrad, a hook) or one issued before tracing:
       // the function's type and the node issued before it.
       const uint64_t before = trace_.size() > 0 ? trace_.nodes().back().hash : 0;
-      of = backward.kind ^ (before * 0x100000001b3ull);
-      if (of == 0) of = 1;
+      backward_of = backward.kind ^ (before * graph::Fnv1aWriter::kPrime);
+      if (backward_of == 0) backward_of = 1;
     }
-    loc.backward_of = of;
-    loc.ordinal = (ts.has_last && ts.last_backward_of == of) ? ts.last_ordinal + 1 : 0;
-    ts.last_backward_of = of;
-    ts.last_frames.clear();
-  } else {
-    const bool same = ts.has_last && ts.last_backward_of == 0 && ts.frames == ts.last_frames;
-    loc.ordinal = same ? ts.last_ordinal + 1 : 0;
-    loc.frames = ts.frames;
-    std::swap(ts.frames, ts.last_frames);
-    ts.last_backward_of = 0;
+    ts.frames.clear();
   }
-  ts.last_ordinal = loc.ordinal;
-  ts.has_last = true;
+  const uint32_t ordinal = ts.ordinals.Next(ts.frames, backward_of);
 
-  // Arguments: tensors become metadata plus a value; everything else is
-  // encoded in argument order.
-  graph::ArgsEncoder args;
-  auto add_tensor = [&](const at::Tensor& t) {
-    if (!t.defined()) {
-      args.None();
-      return;
-    }
-    id.inputs.push_back(MetaOf(t));
-    p.inputs.push_back(Resolve(t));
-  };
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    const c10::IValue& v = inputs[i];
-    if (v.isTensor()) {
-      add_tensor(v.toTensor());
-    } else if (v.isTensorList()) {
-      const c10::List<at::Tensor> list = v.toTensorList();
-      args.Int(static_cast<int64_t>(list.size()));
-      for (const at::Tensor& t : list) add_tensor(t);
-    } else if (v.isList()) {
-      const c10::List<c10::IValue> list = v.toList();
-      args.Int(static_cast<int64_t>(list.size()));
-      for (const c10::IValue& e : list) {
-        if (e.isTensor()) {
-          add_tensor(e.toTensor());
-        } else if (e.isNone()) {
-          args.None();
-        } else if (e.isDouble()) {
-          args.Double(e.toDouble());
-        } else if (e.isBool()) {
-          args.Bool(e.toBool());
-        } else if (e.isInt()) {
-          args.Int(e.toInt());
-        } else if (e.isSymInt()) {
-          auto as_int = e.toSymInt().maybe_as_int();
-          if (as_int) args.Int(*as_int); else args.String("symint");
-        } else {
-          args.String(e.tagKind());
-        }
-      }
-    } else if (v.isNone()) {
-      args.None();
-    } else if (v.isBool()) {
-      args.Bool(v.toBool());
-    } else if (v.isInt()) {
-      args.Int(v.toInt());
-    } else if (v.isDouble()) {
-      args.Double(v.toDouble());
-    } else if (v.isIntList()) {
-      args.IntList(v.toIntVector());
-    } else if (v.isSymInt()) {
-      auto as_int = v.toSymInt().maybe_as_int();
-      if (as_int) args.Int(*as_int); else args.String("symint");
-    } else if (v.isString()) {
-      args.String(v.toStringRef());
-    } else if (v.isComplexDouble()) {
-      const c10::complex<double> c = v.toComplexDouble();
-      args.Double(c.real()).Double(c.imag());
-    } else if (v.isDevice()) {
-      const c10::Device d = v.toDevice();
-      args.Int((static_cast<int64_t>(d.type()) << 16) | static_cast<uint16_t>(d.index()));
-    } else if (v.isGenerator()) {
-      // Which generator is not part of the identity; its consumption order is
-      // the program order of the ops that draw from it.
-      args.String("generator");
-    } else {
-      args.String(v.tagKind());
-    }
+  // The identity's hash, streamed; the identity itself is built only when
+  // the graph has not seen this node (or a sync point needs its location).
+  ts.args.Clear();
+  ts.tensors.clear();
+  EncodeArguments(inputs, info.policy, ts.args, [&](const at::Tensor& t) { ts.tensors.push_back(t); });
+  p.hash = IdentityHash(info.name_state, ts.args.bytes(), ts.tensors, ts.frames, backward_of, ordinal);
+  p.known = graph_.ContainsHash(p.hash) && !info.reads_value;
+  p.inputs.reserve(ts.tensors.size());
+  for (const at::Tensor& t : ts.tensors) p.inputs.push_back(Resolve(t));
+  if (!p.known) {
+    graph::NodeIdentity& id = p.identity;
+    id.op = info.name;
+    id.overload = info.overload;
+    id.args = std::string(ts.args.bytes());
+    id.inputs.reserve(ts.tensors.size());
+    for (const at::Tensor& t : ts.tensors) id.inputs.push_back(MetaOf(t));
+    id.location.frames = ts.frames;
+    id.location.backward_of = backward_of;
+    id.location.ordinal = ordinal;
   }
-  id.args = args.Take();
+  ts.tensors.clear();
 
   p.reads_value = info.reads_value;
   if (!info.mutated_args.empty() && op.schema().returns().empty()) {
@@ -323,11 +236,13 @@ void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> in
 }
 
 void Recorder::OnOpEnd(const c10::OperatorHandle& /*op*/, c10::ArrayRef<c10::IValue> outputs) {
-  Pending& p = tls.pending;
+  ThreadState& ts = tls;
+  Pending& p = ts.pending;
   if (!p.active) return;  // started before this recorder was installed
   p.active = false;
 
-  std::vector<at::Tensor> outs;
+  std::vector<at::Tensor>& outs = ts.outputs;
+  outs.clear();
   for (const c10::IValue& v : outputs) {
     if (v.isTensor()) {
       if (v.toTensor().defined()) outs.push_back(v.toTensor());
@@ -335,7 +250,7 @@ void Recorder::OnOpEnd(const c10::OperatorHandle& /*op*/, c10::ArrayRef<c10::IVa
       for (const at::Tensor& t : v.toTensorList()) outs.push_back(t);
     }
   }
-  if (outs.empty()) outs = std::move(p.mutated);
+  if (outs.empty()) outs.swap(p.mutated);
 
   std::lock_guard<std::mutex> lock(mu_);
   // Kept for the sync point before the identity is moved into the trace.
@@ -347,15 +262,19 @@ void Recorder::OnOpEnd(const c10::OperatorHandle& /*op*/, c10::ArrayRef<c10::IVa
     sync_op = p.identity.op;
     if (!p.inputs.empty()) sync_value = p.inputs.front();
   }
-  const uint32_t pos = trace_.Add(std::move(p.identity), std::move(p.inputs),
-                                  static_cast<uint32_t>(outs.size()));
+  const auto num_outputs = static_cast<uint32_t>(outs.size());
+  const uint32_t pos = p.known ? trace_.AddKnown(p.hash, std::move(p.inputs), num_outputs)
+                               : trace_.Add(std::move(p.identity), std::move(p.inputs), num_outputs);
+  TERRA_INTERNAL_CHECK(trace_.nodes()[pos].hash == p.hash,
+                       "the streamed identity hash differs from StructuralHash");
   for (size_t k = 0; k < outs.size(); ++k) {
     Track(outs[k], graph::ValueRef::Output(pos, static_cast<uint32_t>(k)));
   }
-  if (p.maps_sequence) forward_of_seq_[p.sequence_nr] = trace_.nodes()[pos].hash;
+  if (p.maps_sequence) forward_of_seq_[p.sequence_nr] = p.hash;
   ++stats_.ops;
   ++stats_.ops_in_current;
   if (p.reads_value) AddSyncLocked(sync_value, sync_location, sync_op);
+  outs.clear();
 }
 
 void Recorder::OnOpFailed(const c10::OperatorHandle& /*op*/) {
@@ -409,7 +328,7 @@ bool Recorder::EndIteration(bool merge) {
     if (!merge) stats_.prologue_ops += trace_.size();
     stats_.ops_in_current = 0;
     trace_ = graph::Trace();
-    values_.clear();
+    values_.Clear();
     next_input_ = 0;
     return false;
   }
@@ -428,8 +347,10 @@ bool Recorder::EndIteration(bool merge) {
     stats_.ops_per_iteration.erase(stats_.ops_per_iteration.begin());
   }
   stats_.ops_in_current = 0;
+  const size_t last_size = trace_.size();
   trace_ = graph::Trace();
-  values_.clear();
+  trace_.Reserve(last_size + last_size / 8);
+  values_.Clear();
   next_input_ = 0;
   return changed;
 }

@@ -49,6 +49,7 @@
 #include "graph/trace_graph.h"
 #include "runtime/interception.h"
 #include "runtime/tracing_types.h"
+#include "runtime/value_table.h"
 
 namespace terra::runtime {
 
@@ -94,10 +95,6 @@ class Recorder final : public OpObserver {
 
  private:
   struct OpInfo;
-  struct Tracked {
-    graph::ValueRef ref;
-    c10::weak_intrusive_ptr<c10::TensorImpl> keep;  // pins the address for the iteration
-  };
 
   const OpInfo& InfoFor(const c10::OperatorHandle& op);  // mu_ held
   graph::ValueRef Resolve(const at::Tensor& tensor);      // mu_ held
@@ -113,7 +110,7 @@ class Recorder final : public OpObserver {
   graph::Trace trace_;
   graph::TraceGraph graph_;
   std::unordered_map<const c10::OperatorName*, std::unique_ptr<OpInfo>> ops_;
-  std::unordered_map<c10::TensorImpl*, Tracked> values_;
+  ValueTable values_;
   uint32_t next_input_ = 0;
   // Autograd sequence number of a backward function -> structural hash of
   // the forward node it belongs to. Entries older than the previous iteration

@@ -17,6 +17,7 @@
 #include "runtime/interception.h"
 #include "runtime/recorder.h"
 #include "runtime/tracing_report.h"
+#include "runtime/validator.h"
 
 namespace py = pybind11;
 
@@ -111,9 +112,37 @@ class Tracer {
 
   runtime::Recorder& recorder() { return recorder_; }
 
+  // The validation path alone, against the graph recorded so far: replaces
+  // recording on this thread until ValidateStop.
+  void ValidateStart() {
+    runtime::DisableInterception();
+    validated_graph_ = std::make_unique<graph::TraceGraph>(recorder_.Graph());
+    validator_ = std::make_unique<runtime::Validator>(validated_graph_.get(), &frames_);
+    runtime::EnableInterception(validator_.get());
+  }
+
+  void ValidateIteration() {
+    if (validator_) validator_->StartIteration();
+  }
+
+  py::dict ValidateStop() {
+    runtime::DisableInterception();
+    py::dict d;
+    if (validator_) {
+      d["matched"] = validator_->stats().matched;
+      d["diverged"] = validator_->stats().diverged;
+      d["ignored"] = validator_->stats().ignored;
+    }
+    validator_.reset();
+    validated_graph_.reset();
+    return d;
+  }
+
  private:
   PythonFrames frames_;
   runtime::Recorder recorder_;
+  std::unique_ptr<graph::TraceGraph> validated_graph_;
+  std::unique_ptr<runtime::Validator> validator_;
 };
 
 }  // namespace
@@ -142,6 +171,10 @@ void BindTracing(py::module_& m) {
       .def("stats", &Tracer::Stats)
       .def("report", &Tracer::Report, py::arg("mode"), py::arg("stable_after"), py::arg("rank"))
       .def("dot", &Tracer::Dot)
+      .def("validate_start", &Tracer::ValidateStart,
+           "Validate this thread's ops against the TraceGraph instead of recording them.")
+      .def("validate_iteration", &Tracer::ValidateIteration, "A new iteration starts.")
+      .def("validate_stop", &Tracer::ValidateStop, "Stop validating; returns matched/diverged counts.")
       .def("serialize", [](Tracer& t) { return py::bytes(graph::Serialize(t.recorder().Graph())); });
 }
 

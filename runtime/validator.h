@@ -1,0 +1,83 @@
+// The validation path of co-execution (design.md §4, §6), measured alone.
+//
+// In co-execution every op the program issues is checked against the
+// TraceGraph instead of being recorded: is it the op the graph expects next?
+// The check must cost far less than the op itself (target: under half an
+// eager tiny op), so it builds no NodeIdentity. It streams the op's canonical
+// encoding (graph/node.h: operator, arguments, input metadata, location)
+// through FNV-1a (graph::Fnv1aWriter), which yields exactly the structural
+// hash the recorder gave the node, and compares it with the hashes of the
+// current node's successors. Per op: one thread-local read for the autograd
+// context, the frame walk of the LocationSource, one cached lookup of the
+// operator, the argument bytes into a reused buffer, and a few compares; no
+// allocation once warm, no lock (one validator per thread).
+//
+// A match advances the position. A mismatch is a divergence: co-execution
+// will drain and fall back there (issue #4); here it is counted, and the
+// position moves to the node with that hash if the graph has one, else to the
+// iteration's start.
+//
+// Threading: one thread (the program's); ops the autograd engine runs on
+// other threads are not validated. The graph must outlive the validator and
+// not change while it runs.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "graph/node.h"
+#include "graph/trace_graph.h"
+#include "runtime/interception.h"
+#include "runtime/op_arguments.h"
+#include "runtime/tracing_types.h"
+
+namespace terra::runtime {
+
+struct ValidatorStats {
+  uint64_t matched = 0;
+  uint64_t diverged = 0;
+  uint64_t ignored = 0;  // ops outside the program's computation (profiler markers)
+};
+
+class Validator final : public OpObserver {
+ public:
+  Validator(const graph::TraceGraph* graph, LocationSource* locations);
+
+  void OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) override;
+
+  // The program starts a new iteration: expect the graph's first ops.
+  void StartIteration();
+
+  // The identity hash of the last op seen, and where the validator stands.
+  uint64_t last_hash() const { return last_hash_; }
+  graph::NodeIndex position() const { return position_; }
+  const ValidatorStats& stats() const { return stats_; }
+
+ private:
+  struct OpInfo {
+    uint64_t name_state = 0;  // FNV state after the operator and overload names
+    ArgumentPolicy policy;
+    bool ignored = false;
+  };
+  const OpInfo& InfoFor(const c10::OperatorHandle& op);
+
+  const graph::TraceGraph* graph_;
+  LocationSource* locations_;
+  std::unordered_map<const c10::OperatorName*, OpInfo> ops_;
+  std::unordered_map<uint64_t, graph::NodeIndex> by_hash_;
+  std::unordered_map<uint64_t, uint64_t> forward_of_seq_;
+  graph::NodeIndex position_ = graph::kEntry;
+  uint64_t last_hash_ = 0;
+  uint64_t last_sequence_nr_ = 0;
+  // Reused buffers.
+  std::vector<graph::Frame> frames_;
+  std::vector<at::Tensor> tensors_;
+  graph::ArgsEncoder args_;
+  OrdinalTracker ordinals_;
+  ValidatorStats stats_;
+};
+
+}  // namespace terra::runtime

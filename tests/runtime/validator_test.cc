@@ -1,0 +1,92 @@
+// The validation path recomputes, without building identities, exactly the
+// structural hashes the recorder gave the nodes.
+#include "runtime/validator.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/autograd/generated/variable_factories.h>
+
+#include <functional>
+#include <vector>
+
+#include "runtime/interception.h"
+#include "runtime/recorder.h"
+
+namespace terra::runtime {
+namespace {
+
+class Lines final : public LocationSource {
+ public:
+  void CurrentFrames(std::vector<graph::Frame>* frames) override {
+    frames->assign({graph::Frame{11, 1}, graph::Frame{22, line}});
+  }
+  std::string Describe(const std::vector<graph::Frame>&) override { return "here"; }
+  uint32_t line = 0;
+};
+
+// One training-like iteration: forward, backward (with AccumulateGrad), a
+// foreach update, a value read.
+void Step(Lines& at, at::Tensor& w, bool other_path) {
+  at.line = 1;
+  at::Tensor y = w.mul(3.0);
+  at.line = 2;
+  at::Tensor loss = other_path ? y.exp().sum() : y.sum();
+  at.line = 3;
+  loss.backward();
+  at.line = 4;
+  {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> params{w};
+    std::vector<at::Tensor> grads{w.grad()};
+    at::_foreach_add_(params, grads, -0.1);
+  }
+  at.line = 5;
+  (void)loss.item<double>();
+  at.line = 6;
+  w.mutable_grad().zero_();
+}
+
+TEST(ValidatorTest, MatchesEveryOpOfARecordedIteration) {
+  Lines at;
+  Recorder recorder(&at);
+  at::Tensor w = torch::ones({4}, at::TensorOptions().requires_grad(true));
+  for (int i = 0; i < 2; ++i) {
+    {
+      InterceptionGuard guard(&recorder);
+      Step(at, w, false);
+    }
+    recorder.EndIteration();
+  }
+  const graph::TraceGraph g = recorder.Graph();
+  ASSERT_GT(g.NodeCount(), 8u);
+  Validator validator(&g, &at);
+  for (int i = 0; i < 3; ++i) {
+    validator.StartIteration();
+    InterceptionGuard guard(&validator);
+    Step(at, w, false);
+  }
+  EXPECT_EQ(validator.stats().diverged, 0u);
+  EXPECT_EQ(validator.stats().matched, 3 * recorder.Stats().ops_per_iteration.back());
+}
+
+TEST(ValidatorTest, AnOpOffThePathDiverges) {
+  Lines at;
+  Recorder recorder(&at);
+  at::Tensor w = torch::ones({4}, at::TensorOptions().requires_grad(true));
+  {
+    InterceptionGuard guard(&recorder);
+    Step(at, w, false);
+  }
+  recorder.EndIteration();
+  const graph::TraceGraph g = recorder.Graph();
+  Validator validator(&g, &at);
+  validator.StartIteration();
+  {
+    InterceptionGuard guard(&validator);
+    Step(at, w, true);  // exp() at line 2 was never traced
+  }
+  EXPECT_GE(validator.stats().diverged, 1u);
+}
+
+}  // namespace
+}  // namespace terra::runtime
