@@ -907,3 +907,48 @@ def test_auto_mode_stops_once_the_graph_is_stable(tmp_path):
     assert stats["iterations"] == 3 and stats["stable_for"] == 2
     assert stats["ops_in_current"] == 0  # nothing recorded after stopping
     assert "tracing stopped after the TraceGraph was unchanged for 2 iterations" in r["report"]
+
+
+# --- Fed scalars: values that change every step do not make new nodes -------------
+
+FED_SCALARS = """
+def train(steps=8):
+    torch.manual_seed(0)
+    data = torch.randn(64, 4)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, foreach=False)
+    losses = []
+    for i in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 0.01 * (0.9 ** i)  # a schedule: a new float every step
+        window = data[4 * i:4 * i + 8]  # a slice that moves: new ints every step
+        loss = model(window).pow(2).mean() * (1.0 + 0.1 * i)  # a new Python float
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return {"losses": losses, "params": params(model)}
+
+
+eager = train()
+terra.enable("trace")
+traced = train()
+stats = terra.stats()
+terra.disable()
+emit(stats=stats, differ=differences(eager, traced))
+"""
+
+
+def test_changing_python_scalars_are_fed_not_new_nodes(tmp_path):
+    # Adam's step size and bias corrections, a learning-rate schedule, a loss
+    # weight and a moving slice all change every step; none may grow the
+    # TraceGraph, or co-execution would never start.
+    _, r = run_program(tmp_path, FED_SCALARS)
+    assert r["differ"] == []
+    stats = r["stats"]
+    per = stats["ops_per_iteration"]
+    assert stats["iterations"] == 7 and len(set(per)) == 1, per
+    # Only the first merge added anything. (Single-tensor Adam loops over the
+    # weight and the bias in Python: that loop is a real branch, kept.)
+    assert stats["stable_for"] == 6
+    assert stats["nodes"] <= per[-1]
