@@ -71,6 +71,23 @@ void EncodeIntsTo(const std::vector<int64_t>& v, Writer& out) {
   for (int64_t x : v) out.I64(x);
 }
 
+// A count, then each tensor's metadata: the layout of a node's tensor inputs
+// and of its outputs.
+template <typename Writer>
+void EncodeMetasTo(const std::vector<TensorMeta>& metas, Writer& out) {
+  TERRA_CHECK(metas.size() <= kMaxTensorInputs, "more than ", kMaxTensorInputs, " tensors");
+  out.U32(static_cast<uint32_t>(metas.size()));
+  for (const TensorMeta& t : metas) {
+    TERRA_CHECK(t.sizes.size() <= kMaxDims && t.strides.size() <= kMaxDims,
+                "a tensor has more than ", kMaxDims, " dimensions");
+    out.U8(t.dtype);
+    out.U8(t.device_type);
+    out.U16(static_cast<uint16_t>(t.device_index));
+    EncodeIntsTo(t.sizes, out);
+    EncodeIntsTo(t.strides, out);
+  }
+}
+
 // Field order is the format: changing it changes every hash (bump the wire
 // version in serialize.cc and the golden hash in node_test.cc). Writer is a
 // ByteWriter (the wire format) or an Fnv1aWriter (the structural hash of the
@@ -81,23 +98,13 @@ void EncodeTo(const NodeIdentity& id, Writer& out) {
               "operator name longer than ", kMaxNameBytes, " bytes: ", id.op);
   TERRA_CHECK(id.args.size() <= kMaxArgsBytes, "non-tensor arguments of ", id.op, " exceed ",
               kMaxArgsBytes, " bytes encoded");
-  TERRA_CHECK(id.inputs.size() <= kMaxTensorInputs, id.op, " has too many tensor inputs");
   TERRA_CHECK(
       id.location.frames.size() <= kMaxFrames && id.location.loop_context.size() <= kMaxLoopDepth,
       "location of ", id.op, " is too deep");
   out.Bytes(id.op);
   out.Bytes(id.overload);
   out.Bytes(id.args);
-  out.U32(static_cast<uint32_t>(id.inputs.size()));
-  for (const TensorMeta& t : id.inputs) {
-    TERRA_CHECK(t.sizes.size() <= kMaxDims && t.strides.size() <= kMaxDims, "tensor input of ",
-                id.op, " has more than ", kMaxDims, " dimensions");
-    out.U8(t.dtype);
-    out.U8(t.device_type);
-    out.U16(static_cast<uint16_t>(t.device_index));
-    EncodeIntsTo(t.sizes, out);
-    EncodeIntsTo(t.strides, out);
-  }
+  EncodeMetasTo(id.inputs, out);
   const Location& loc = id.location;
   out.U32(static_cast<uint32_t>(loc.frames.size()));
   for (const Frame& f : loc.frames) {
@@ -114,20 +121,32 @@ void EncodeTo(const NodeIdentity& id, Writer& out) {
 
 void EncodeIdentity(const NodeIdentity& id, ByteWriter& out) { EncodeTo(id, out); }
 
-NodeIdentity DecodeIdentity(ByteReader& in) {
-  NodeIdentity id;
-  id.op = std::string(in.Bytes("operator name", kMaxNameBytes));
-  id.overload = std::string(in.Bytes("overload name", kMaxNameBytes));
-  id.args = std::string(in.Bytes("non-tensor arguments", kMaxArgsBytes));
-  uint32_t n_inputs = in.Count("tensor input count", 12, kMaxTensorInputs);
-  id.inputs.resize(n_inputs);
-  for (TensorMeta& t : id.inputs) {
+void EncodeMetas(const std::vector<TensorMeta>& metas, ByteWriter& out) { EncodeMetasTo(metas, out); }
+
+std::vector<TensorMeta> DecodeMetas(ByteReader& in, const char* what) {
+  std::vector<TensorMeta> metas(in.Count(what, 12, kMaxTensorInputs));
+  for (TensorMeta& t : metas) {
     t.dtype = in.U8("dtype");
     t.device_type = in.U8("device type");
     t.device_index = static_cast<int16_t>(in.U16("device index"));
     t.sizes = DecodeInts(in, "sizes");
     t.strides = DecodeInts(in, "strides");
   }
+  return metas;
+}
+
+uint64_t MetasHash(const std::vector<TensorMeta>& metas) {
+  Fnv1aWriter out;
+  EncodeMetasTo(metas, out);
+  return out.state();
+}
+
+NodeIdentity DecodeIdentity(ByteReader& in) {
+  NodeIdentity id;
+  id.op = std::string(in.Bytes("operator name", kMaxNameBytes));
+  id.overload = std::string(in.Bytes("overload name", kMaxNameBytes));
+  id.args = std::string(in.Bytes("non-tensor arguments", kMaxArgsBytes));
+  id.inputs = DecodeMetas(in, "tensor input count");
   Location& loc = id.location;
   loc.frames.resize(in.Count("frame count", 12, kMaxFrames));
   for (Frame& f : loc.frames) {

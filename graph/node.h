@@ -105,6 +105,13 @@ inline constexpr size_t kMaxLoopDepth = 1024;
 void EncodeIdentity(const NodeIdentity& id, ByteWriter& out);
 NodeIdentity DecodeIdentity(ByteReader& in);
 
+// A list of tensor metadata (a node's outputs) in the identity's layout for
+// its inputs: a u32 count, then each tensor. MetasHash is FNV-1a of those
+// bytes; the recorder streams the same bytes from live tensors.
+void EncodeMetas(const std::vector<TensorMeta>& metas, ByteWriter& out);
+std::vector<TensorMeta> DecodeMetas(ByteReader& in, const char* what);
+uint64_t MetasHash(const std::vector<TensorMeta>& metas);
+
 uint64_t Fnv1a64(std::string_view bytes);
 uint64_t StructuralHash(const NodeIdentity& id);
 // The hash of `id` without its input metadata: equal for the variants (other

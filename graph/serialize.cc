@@ -12,7 +12,7 @@ inline constexpr size_t kMaxNodes = 1 << 24;
 inline constexpr size_t kMaxSourcesPerSlot = 1 << 16;
 inline constexpr size_t kMaxEdgesPerNode = 1 << 20;
 // Smallest encodings, for the count-versus-bytes-left check.
-inline constexpr size_t kMinNodeBytes = 3 * 4 + 4 + 4 + 4 + 8 + 4 + 8 + 4 + 8 + 1 + 4 + 4;
+inline constexpr size_t kMinNodeBytes = 3 * 4 + 4 + 4 + 4 + 8 + 4 + 8 + 4 + 8 + 1 + 4 + 8 + 1 + 4 + 4;
 inline constexpr size_t kSourceBytes = 9;
 inline constexpr size_t kEdgeBytes = 12;
 
@@ -58,6 +58,9 @@ std::string Serialize(const TraceGraph& graph) {
     out.U32(g.num_outputs);
     out.U64(g.visits);
     out.U8(g.sync_after ? 1 : 0);
+    EncodeMetas(g.outputs, out);
+    out.U64(g.outputs_hash);
+    out.U8(g.outputs_vary ? 1 : 0);
     out.U32(static_cast<uint32_t>(g.input_sources.size()));
     for (const auto& sources : g.input_sources) {
       out.U32(static_cast<uint32_t>(sources.size()));
@@ -108,6 +111,17 @@ TraceGraph Deserialize(std::string_view bytes) {
     uint8_t sync = in.U8("sync_after");
     if (sync > 1) in.Fail("sync_after", StrCat("expected 0 or 1, got ", sync));
     g.sync_after = sync == 1;
+    g.outputs = DecodeMetas(in, "output count");
+    if (!g.outputs.empty() && g.outputs.size() != g.num_outputs) {
+      in.Fail("output count", StrCat(g.outputs.size(), " output metadata for ", g.num_outputs, " outputs"));
+    }
+    g.outputs_hash = in.U64("outputs hash");
+    if (!g.outputs.empty() && g.outputs_hash != MetasHash(g.outputs)) {
+      in.Fail("outputs hash", StrCat("node ", n, ": does not match its output metadata"));
+    }
+    uint8_t vary = in.U8("outputs_vary");
+    if (vary > 1) in.Fail("outputs_vary", StrCat("expected 0 or 1, got ", vary));
+    g.outputs_vary = vary == 1;
     uint32_t slots = in.Count("input slot count", 4, kMaxTensorInputs);
     if (slots != g.identity.inputs.size()) {
       in.Fail("input slot count",

@@ -6,6 +6,7 @@
 //   u32 node_count, then per node:
 //     identity (node.h canonical encoding)  u64 hash  u32 num_outputs  u64 visits
 //     u8 sync_after
+//     outputs (node.h EncodeMetas)  u64 outputs_hash  u8 outputs_vary
 //     u32 slots (== tensor inputs), per slot: u32 n, n x (u8 kind, u32 index, u32 output)
 //     u32 successors, per edge: u32 to (node index or kExit)  u64 count
 //   u32 entry successors, per edge as above
@@ -27,7 +28,7 @@
 
 namespace terra::graph {
 
-inline constexpr uint16_t kWireVersion = 1;
+inline constexpr uint16_t kWireVersion = 2;
 inline constexpr char kWireMagic[4] = {'T', 'R', 'G', 'R'};
 
 std::string Serialize(const TraceGraph& graph);

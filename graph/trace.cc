@@ -46,6 +46,14 @@ uint32_t Trace::AddKnown(uint64_t hash, std::vector<ValueRef> inputs, uint32_t n
   return static_cast<uint32_t>(nodes_.size() - 1);
 }
 
+void Trace::SetOutputs(uint32_t pos, std::vector<TensorMeta> metas, uint64_t hash) {
+  TERRA_CHECK(pos < nodes_.size(), "SetOutputs: no node ", pos);
+  TERRA_CHECK(metas.empty() || metas.size() == nodes_[pos].num_outputs, "SetOutputs: ", metas.size(),
+              " metadata for ", nodes_[pos].num_outputs, " outputs");
+  nodes_[pos].outputs = std::move(metas);
+  nodes_[pos].outputs_hash = hash;
+}
+
 void Trace::AddSync(ValueRef value, Location location) {
   CheckRef(nodes_, value, "sync point");
   syncs_.push_back({static_cast<uint32_t>(nodes_.size()), value, std::move(location)});

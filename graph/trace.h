@@ -42,6 +42,10 @@ struct TraceNode {
   uint64_t hash = 0;             // StructuralHash(identity), computed once by Trace::Add
   std::vector<ValueRef> inputs;  // one per identity.inputs entry
   uint32_t num_outputs = 0;
+  // Output metadata (empty when elided) and MetasHash of it (always set when
+  // the recorder knows the outputs; 0: not recorded).
+  std::vector<TensorMeta> outputs;
+  uint64_t outputs_hash = 0;
   // The identity was left out because the TraceGraph this trace will merge
   // into already has a node with this hash (Trace::AddKnown).
   bool elided = false;
@@ -61,6 +65,10 @@ class Trace {
   // input per tensor metadata entry and that every kNodeOutput input names an
   // output of an earlier node.
   uint32_t Add(NodeIdentity identity, std::vector<ValueRef> inputs, uint32_t num_outputs);
+  // The outputs' metadata of the node at `pos` (empty metas for an elided
+  // node: the hash alone). The TraceGraph keeps the first trace's metadata
+  // and marks a node whose output metadata differs between traces.
+  void SetOutputs(uint32_t pos, std::vector<TensorMeta> metas, uint64_t hash);
   // Appends a node of a known graph node by its structural hash alone: the
   // recorder's fast path, which builds no identity for the ops the graph has
   // already seen. The 64-bit hash is trusted (a collision would merge two

@@ -64,6 +64,8 @@ NodeIndex TraceGraph::AddNode(const TraceNode& tn) {
   g.identity = tn.identity;
   g.hash = tn.hash;
   g.num_outputs = tn.num_outputs;
+  g.outputs = tn.outputs;
+  g.outputs_hash = tn.outputs_hash;
   g.input_sources.resize(tn.inputs.size());
   nodes_.push_back(std::move(g));
   NodeIndex i = static_cast<NodeIndex>(nodes_.size() - 1);
@@ -101,6 +103,15 @@ bool TraceGraph::AddTrace(const Trace& trace) {
     mapping[i] = idx;
     GraphNode& g = nodes_[idx];
     ++g.visits;
+    if (found && tn.outputs_hash != 0 && tn.outputs_hash != g.outputs_hash) {
+      if (g.outputs_hash == 0) {
+        g.outputs = tn.outputs;  // the first trace that recorded them
+        g.outputs_hash = tn.outputs_hash;
+      } else if (!g.outputs_vary) {
+        g.outputs_vary = true;
+        changed = true;
+      }
+    }
     for (size_t slot = 0; slot < tn.inputs.size() && slot < g.input_sources.size(); ++slot) {
       GraphValueSource src = tn.inputs[slot];
       if (src.kind == ValueKind::kNodeOutput) src.index = mapping[src.index];

@@ -26,7 +26,8 @@
 // (a read at position 0 is at the iteration boundary and marks nothing).
 //
 // Stability: AddTrace returns whether the structure changed (a node, an edge,
-// a value source or a sync mark was added; traversal counts do not count).
+// a value source, a sync mark or an outputs_vary mark was added; traversal
+// counts do not count).
 // StableFor() is the number of consecutive AddTrace calls that changed nothing.
 //
 // Threading: not thread-safe. Recorders build Traces per thread; one thread
@@ -65,6 +66,13 @@ struct GraphNode {
   std::vector<std::vector<GraphValueSource>> input_sources;  // per tensor input slot
   bool sync_after = false;
   uint64_t visits = 0;
+  // The outputs' metadata as first recorded, and its MetasHash. When a later
+  // trace records other output metadata for the node (it depends on values
+  // that are fed, not on the identity), outputs_vary is set: co-execution
+  // cannot predict this node's outputs and falls back at it.
+  std::vector<TensorMeta> outputs;
+  uint64_t outputs_hash = 0;
+  bool outputs_vary = false;
 
   bool operator==(const GraphNode&) const = default;
 };

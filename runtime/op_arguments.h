@@ -219,6 +219,14 @@ inline uint64_t IdentityHash(uint64_t name_state, std::string_view args,
   return h.state();
 }
 
+// graph::MetasHash of these tensors' metadata, streamed.
+inline uint64_t OutputsHash(const std::vector<at::Tensor>& tensors) {
+  graph::Fnv1aWriter h;
+  h.U32(static_cast<uint32_t>(tensors.size()));
+  for (const at::Tensor& t : tensors) HashMeta(t, h);
+  return h.state();
+}
+
 // Numbers consecutive ops from one location (Location::ordinal): an op gets
 // the previous op's ordinal + 1 when it comes from the same Python frames (or
 // the same backward function), else 0. Reset at iteration boundaries.

@@ -267,6 +267,14 @@ void Recorder::OnOpEnd(const c10::OperatorHandle& /*op*/, c10::ArrayRef<c10::IVa
                                : trace_.Add(std::move(p.identity), std::move(p.inputs), num_outputs);
   TERRA_INTERNAL_CHECK(trace_.nodes()[pos].hash == p.hash,
                        "the streamed identity hash differs from StructuralHash");
+  // Output metadata: always its hash (the graph notices when it changes),
+  // the metadata itself only for new nodes.
+  std::vector<graph::TensorMeta> out_metas;
+  if (!p.known) {
+    out_metas.reserve(outs.size());
+    for (const at::Tensor& t : outs) out_metas.push_back(MetaOf(t));
+  }
+  trace_.SetOutputs(pos, std::move(out_metas), OutputsHash(outs));
   for (size_t k = 0; k < outs.size(); ++k) {
     Track(outs[k], graph::ValueRef::Output(pos, static_cast<uint32_t>(k)));
   }

@@ -65,6 +65,7 @@ GraphSummary Summarize(const TraceGraph& graph) {
   std::unordered_map<uint64_t, size_t> variants;
   for (const GraphNode& g : graph.nodes()) {
     if (g.sync_after) ++s.sync_nodes;
+    if (g.outputs_vary) ++s.outputs_vary;
     const size_t n = ++variants[graph::VariantKey(g.identity)];
     s.max_variants = std::max(s.max_variants, n);
   }
@@ -148,6 +149,10 @@ std::string TracingReport(const ReportInput& in, const Describer& describe) {
     More(out, shown, rows.size());
   }
 
+  if (s.outputs_vary > 0) {
+    out << "  ops whose output shapes changed with fed values: " << s.outputs_vary
+        << " (co-execution cannot predict them and will fall back there)\n";
+  }
   if (st.max_new_variants > 0) {
     out << "  shapes that changed between iterations: up to " << st.max_new_variants
         << " new variants of one op at one location";

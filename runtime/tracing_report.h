@@ -21,6 +21,7 @@ struct GraphSummary {
   size_t segments = 0;
   size_t longest_segment = 0;
   size_t sync_nodes = 0;            // nodes followed by a sync point
+  size_t outputs_vary = 0;          // nodes whose output metadata changed between iterations
   size_t max_variants = 0;          // most node variants at one location (a loop over
                                     // parameters of many shapes has many)
 };

@@ -85,6 +85,7 @@ class Tracer {
     d["segments"] = s.segments;
     d["longest_segment"] = s.longest_segment;
     d["sync_nodes"] = s.sync_nodes;
+    d["outputs_vary"] = s.outputs_vary;
     d["max_variants"] = s.max_variants;
     d["max_new_variants"] = st.max_new_variants;
     d["locations_over_bound"] = st.locations_over_bound;

@@ -19,9 +19,13 @@ TraceGraph Sample() {
   TraceGraph g;
   Trace t = MakeTrace({"pre", "body", "tail", "body", "tail", "post"});
   t.AddSync(ValueRef::Output(5), {});
+  const std::vector<TensorMeta> small = {TensorMeta{6, 0, -1, {2, 3}, {3, 1}}};
+  t.SetOutputs(0, small, MetasHash(small));
   g.AddTrace(t);
   Trace u;
   u.Add(testing::Op("pre"), {ValueRef::External(ValueKind::kFreshAllocation, 1)}, 1);
+  const std::vector<TensorMeta> large = {TensorMeta{6, 0, -1, {4, 3}, {3, 1}}};
+  u.SetOutputs(0, large, MetasHash(large));  // "pre" now has outputs that vary
   NodeIdentity two_in = testing::Op("cat");
   two_in.inputs.push_back(two_in.inputs[0]);
   two_in.args = ArgsEncoder().Int(0).IntList({1, 2}).Take();
@@ -66,6 +70,27 @@ TEST(SerializeTest, RoundTripPreservesStructureHashesAndCounts) {
   // The rebuilt index works: merging continues where the sender stopped.
   EXPECT_FALSE(back.AddTrace(MakeTrace({"pre", "body", "tail", "post"})));
   EXPECT_EQ(back.NodeCount(), g.NodeCount());
+}
+
+TEST(SerializeTest, OutputMetadataRoundTripsAndIsChecked) {
+  const TraceGraph g = Sample();
+  const GraphNode& pre = g.node(0);
+  ASSERT_EQ(pre.outputs.size(), 1u);
+  EXPECT_EQ(pre.outputs[0].sizes, (std::vector<int64_t>{2, 3}));
+  EXPECT_TRUE(pre.outputs_vary);
+  const TraceGraph back = Deserialize(Serialize(g));
+  EXPECT_EQ(back.node(0).outputs, pre.outputs);
+  EXPECT_TRUE(back.node(0).outputs_vary);
+  // Corrupt one output size: the outputs hash no longer matches.
+  std::string bytes = Serialize(g);
+  ByteWriter size_two;
+  size_two.I64(2);
+  ByteWriter size_nine;
+  size_nine.I64(9);
+  const size_t at = bytes.find(size_two.data(), bytes.find(pre.identity.op));
+  ASSERT_NE(at, std::string::npos);
+  bytes.replace(at, 8, size_nine.data());
+  ExpectMalformed(bytes, "hash");
 }
 
 TEST(SerializeTest, EmptyGraphRoundTrips) {

@@ -156,3 +156,42 @@ TEST(TraceGraphTest, EmptyTraceIsAnEntryToExitEdge) {
 
 }  // namespace
 }  // namespace terra::graph
+
+namespace terra::graph {
+namespace {
+
+TEST(TraceGraphTest, OutputMetadataThatChangesMarksTheNode) {
+  auto with_output = [](int64_t rows) {
+    Trace t = testing::MakeTrace({"narrow", "sum"});
+    const std::vector<TensorMeta> out = {TensorMeta{6, 0, -1, {rows}, {1}}};
+    t.SetOutputs(0, out, MetasHash(out));
+    return t;
+  };
+  TraceGraph g;
+  EXPECT_TRUE(g.AddTrace(with_output(3)));
+  EXPECT_FALSE(g.AddTrace(with_output(3)));
+  EXPECT_FALSE(g.node(0).outputs_vary);
+  EXPECT_EQ(g.node(0).outputs[0].sizes, std::vector<int64_t>{3});
+  EXPECT_TRUE(g.AddTrace(with_output(5)));  // a structural change: stability restarts
+  EXPECT_TRUE(g.node(0).outputs_vary);
+  EXPECT_EQ(g.node(0).outputs[0].sizes, std::vector<int64_t>{3});  // the first recorded
+  EXPECT_FALSE(g.AddTrace(with_output(7)));  // already marked
+  EXPECT_EQ(g.StableFor(), 1u);
+}
+
+TEST(TraceGraphTest, ElidedNodesMergeByHashAndMustExist) {
+  TraceGraph g;
+  g.AddTrace(testing::MakeTrace({"a", "b"}));
+  Trace known;
+  known.AddKnown(g.node(0).hash, {ValueRef::External(ValueKind::kProgramInput, 0)}, 1);
+  known.AddKnown(g.node(1).hash, {ValueRef::Output(0)}, 1);
+  EXPECT_FALSE(g.AddTrace(known));
+  EXPECT_EQ(g.node(1).visits, 2u);
+  Trace unknown;
+  unknown.AddKnown(0x1234, {ValueRef::External(ValueKind::kProgramInput, 0)}, 1);
+  EXPECT_THROW(g.AddTrace(unknown), Error);
+  EXPECT_EQ(g.TracesAdded(), 2u);  // the rejected trace changed nothing
+}
+
+}  // namespace
+}  // namespace terra::graph

@@ -280,3 +280,49 @@ TEST_F(RecorderTest, ShapesThatChangeLaterAreCountedAgainstTheBound) {
 
 }  // namespace
 }  // namespace terra::runtime
+
+namespace terra::runtime {
+namespace {
+
+TEST(RecorderFedTest, ViewsWithMovingBoundsStayOneNodeAndShapeChangesAreMarked) {
+  class One final : public LocationSource {
+   public:
+    void CurrentFrames(std::vector<graph::Frame>* f) override { *f = {graph::Frame{1, line}}; }
+    std::string Describe(const std::vector<graph::Frame>&) override { return ""; }
+    uint32_t line = 0;
+  } at;
+  Recorder recorder(&at);
+  at::Tensor data = at::arange(32, at::kFloat);
+  for (int64_t i = 0; i < 4; ++i) {
+    {
+      InterceptionGuard guard(&recorder);
+      at.line = 1;
+      at::Tensor window = data.slice(0, 4 * i, 4 * i + 8);  // moves, same length
+      at.line = 2;
+      at::Tensor head = data.narrow(0, 0, 2 + i);  // grows
+      at.line = 3;
+      at::Tensor s = window.sum() * (1.0 + i);  // a new Python float each time
+    }
+    recorder.EndIteration();
+  }
+  const graph::TraceGraph g = recorder.Graph();
+  EXPECT_EQ(g.StableFor(), 2u);  // the first merge, the narrow's mark, then nothing new
+  // narrow() is composite: it arrives as a slice, from line 2.
+  size_t moving = 0;
+  size_t growing = 0;
+  for (const graph::GraphNode& n : g.nodes()) {
+    if (n.identity.op != "aten::slice") continue;
+    if (n.identity.location.frames.back().offset == 1) {
+      ++moving;
+      EXPECT_FALSE(n.outputs_vary);
+    } else {
+      ++growing;
+      EXPECT_TRUE(n.outputs_vary);
+    }
+  }
+  EXPECT_EQ(moving, 1u);
+  EXPECT_EQ(growing, 1u);
+}
+
+}  // namespace
+}  // namespace terra::runtime
