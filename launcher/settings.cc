@@ -99,6 +99,7 @@ const char* ModeName(Mode mode) {
     case Mode::kAuto: return "auto";
     case Mode::kEager: return "eager";
     case Mode::kTrace: return "trace";
+    case Mode::kCoexec: return "coexec";
   }
   return "?";
 }
@@ -117,7 +118,8 @@ options:
   -np N, -n N, --nproc N   number of ranks (default 1; more ranks than cores is fine)
   -H, --hosts H:S,...      run on these hosts with S slots each, through Open MPI's mpirun
   --hostfile FILE          an Open MPI hostfile, through mpirun
-  --mode MODE              eager | trace | auto (default auto): what Terra does with the program
+  --mode MODE              eager | trace | auto | coexec (default auto): what Terra does with the
+                           program; coexec (experimental, one CPU process) co-executes once traced
   --debug                  single-process debug mode (implies -np 1 and --report)
   --report                 each rank prints a tracing report at exit (needs trace or auto)
   --dot FILE               rank 0 writes the traced graph to FILE as Graphviz DOT at exit
@@ -194,11 +196,12 @@ ParseResult ParseCommandLine(const std::vector<std::string>& argv) {
       if (!take_value(arg, "--hostfile", &value)) return fail("--hostfile needs a file name");
       s.hostfile = value;
     } else if (matches(arg, "--mode")) {
-      if (!take_value(arg, "--mode", &value)) return fail("--mode needs one of eager, trace, auto");
+      if (!take_value(arg, "--mode", &value)) return fail("--mode needs one of eager, trace, auto, coexec");
       if (value == "auto") s.mode = Mode::kAuto;
       else if (value == "eager") s.mode = Mode::kEager;
       else if (value == "trace") s.mode = Mode::kTrace;
-      else return fail(StrCat("unknown --mode '", value, "': expected eager, trace or auto"));
+      else if (value == "coexec") s.mode = Mode::kCoexec;
+      else return fail(StrCat("unknown --mode '", value, "': expected eager, trace, auto or coexec"));
     } else if (arg == "--debug") {
       s.debug = true;
     } else if (arg == "--report") {

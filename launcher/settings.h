@@ -8,7 +8,7 @@
 
 namespace terra::launcher {
 
-enum class Mode { kAuto, kEager, kTrace };
+enum class Mode { kAuto, kEager, kTrace, kCoexec };
 
 struct HostSlots {
   std::string host;

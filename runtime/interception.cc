@@ -68,6 +68,7 @@ void InterceptBoxed(const c10::OperatorHandle& op, DispatchKeySet ks, torch::jit
     op.redispatchBoxed(ks.remove_backend(kBackendBit) & kBelowBackendSelect, stack);
     return;
   }
+  if (observer->TakeOver(op, stack)) return;
   const size_t num_args = op.schema().arguments().size();
   observer->OnOp(op, c10::ArrayRef<c10::IValue>(stack->data() + stack->size() - num_args, num_args));
   try {

@@ -60,6 +60,13 @@ class OpObserver {
                        c10::ArrayRef<c10::IValue> /*outputs*/) {}
   // The real kernel threw; the exception propagates after this returns.
   virtual void OnOpFailed(const c10::OperatorHandle& /*op*/) {}
+  // Called first, with the op's arguments on `stack`. Returning true means
+  // the observer took the op over: it replaced the arguments on the stack by
+  // the op's results, and neither OnOp nor the real kernel runs
+  // (co-execution). The default leaves every op to the real kernel.
+  virtual bool TakeOver(const c10::OperatorHandle& /*op*/, torch::jit::Stack* /*stack*/) {
+    return false;
+  }
 };
 
 // Starts intercepting on the current thread, reporting to `observer` (not

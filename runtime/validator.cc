@@ -26,7 +26,15 @@ void Validator::StartIteration() {
   ordinals_.Reset();
 }
 
-void Validator::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
+bool Validator::AtIterationEnd() const {
+  for (const graph::Edge& e : graph_->Successors(position_)) {
+    if (e.to == graph::kExit) return true;
+  }
+  return false;
+}
+
+Validator::Outcome Validator::Check(const c10::OperatorHandle& op,
+                                    c10::ArrayRef<c10::IValue> inputs) {
   // The same steps, in the same order, as Recorder::OnOp.
   const BackwardContext backward = CurrentBackward();
   bool maps_sequence = false;
@@ -45,7 +53,7 @@ void Validator::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> i
   const OpInfo& info = InfoFor(op);
   if (info.ignored) {
     ++stats_.ignored;
-    return;
+    return Outcome::kIgnored;
   }
   uint64_t backward_of = 0;
   if (backward.active) {
@@ -68,16 +76,18 @@ void Validator::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> i
   last_hash_ = hash;
   if (maps_sequence) forward_of_seq_[sequence_nr] = hash;
 
+  last_position_ = position_;
   for (const graph::Edge& e : graph_->Successors(position_)) {
     if (e.to != graph::kExit && graph_->node(e.to).hash == hash) {
       position_ = e.to;
       ++stats_.matched;
-      return;
+      return Outcome::kMatched;
     }
   }
   ++stats_.diverged;
   auto it = by_hash_.find(hash);
   position_ = it != by_hash_.end() ? it->second : graph::kEntry;
+  return Outcome::kDiverged;
 }
 
 }  // namespace terra::runtime

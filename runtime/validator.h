@@ -46,14 +46,24 @@ class Validator final : public OpObserver {
  public:
   Validator(const graph::TraceGraph* graph, LocationSource* locations);
 
-  void OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) override;
+  void OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) override {
+    (void)Check(op, inputs);
+  }
+
+  enum class Outcome { kMatched, kDiverged, kIgnored };
+  // Validates one op: kMatched moves position() to its node.
+  Outcome Check(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs);
 
   // The program starts a new iteration: expect the graph's first ops.
   void StartIteration();
+  // Whether the iteration may end here (the current node leads to kExit).
+  bool AtIterationEnd() const;
 
   // The identity hash of the last op seen, and where the validator stands.
   uint64_t last_hash() const { return last_hash_; }
   graph::NodeIndex position() const { return position_; }
+  // Where the validator stood before the last op (for messages).
+  graph::NodeIndex last_position() const { return last_position_; }
   const ValidatorStats& stats() const { return stats_; }
 
  private:
@@ -70,6 +80,7 @@ class Validator final : public OpObserver {
   std::unordered_map<uint64_t, graph::NodeIndex> by_hash_;
   std::unordered_map<uint64_t, uint64_t> forward_of_seq_;
   graph::NodeIndex position_ = graph::kEntry;
+  graph::NodeIndex last_position_ = graph::kEntry;
   uint64_t last_hash_ = 0;
   uint64_t last_sequence_nr_ = 0;
   // Reused buffers.

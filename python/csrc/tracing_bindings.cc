@@ -14,6 +14,7 @@
 #include "graph/serialize.h"
 #include "python/csrc/bindings.h"
 #include "python/csrc/python_frames.h"
+#include "runtime/coexecutor.h"
 #include "runtime/interception.h"
 #include "runtime/recorder.h"
 #include "runtime/tracing_report.h"
@@ -126,6 +127,77 @@ class Tracer {
     if (validator_) validator_->StartIteration();
   }
 
+  // Co-execution against the graph recorded so far, on this thread, instead
+  // of recording.
+  void CoexecStart(bool synchronous) {
+    runtime::SetFallbackObserver(nullptr);
+    runtime::DisableInterception();
+    coexec_graph_ = std::make_unique<graph::TraceGraph>(recorder_.Graph());
+    coexec_ = std::make_unique<runtime::CoExecutor>(coexec_graph_.get(), &frames_, synchronous);
+    runtime::EnableInterception(coexec_.get());
+  }
+
+  bool CoexecIteration() { return coexec_ ? coexec_->EndIteration() : true; }
+
+  void CoexecFetch() {
+    if (coexec_) coexec_->Fetch();
+  }
+
+  // Drains and stops; no Python objects (runs without the GIL).
+  void CoexecStop() {
+    runtime::DisableInterception();
+    if (coexec_) {
+      coexec_->executor().Drain();
+      const runtime::CoExecutionStats& st = coexec_->stats();
+      total_.submitted += st.submitted;
+      total_.eager += st.eager;
+      total_.fetches += st.fetches;
+      total_.divergences += st.divergences;
+      if (total_.first_divergence.empty()) total_.first_divergence = st.first_divergence;
+      busy_s_ += coexec_->executor().busy_seconds();
+      wait_s_ += coexec_->executor().drain_wait_seconds();
+    }
+    coexec_.reset();
+    coexec_graph_.reset();
+  }
+
+  py::dict CoexecStats() {
+    py::dict d;
+    runtime::CoExecutionStats st = total_;
+    double busy = busy_s_;
+    double wait = wait_s_;
+    if (coexec_) {
+      st.submitted += coexec_->stats().submitted;
+      st.eager += coexec_->stats().eager;
+      st.fetches += coexec_->stats().fetches;
+      st.divergences += coexec_->stats().divergences;
+      if (st.first_divergence.empty()) st.first_divergence = coexec_->stats().first_divergence;
+      busy += coexec_->executor().busy_seconds();
+      wait += coexec_->executor().drain_wait_seconds();
+    }
+    d["submitted"] = st.submitted;
+    d["eager"] = st.eager;
+    d["fetches"] = st.fetches;
+    d["divergences"] = st.divergences;
+    d["first_divergence"] = st.first_divergence;
+    d["executor_busy_s"] = busy;
+    d["fetch_wait_s"] = wait;
+    return d;
+  }
+
+  bool CoexecActive() const { return coexec_ != nullptr; }
+
+  // Interception off / back on for this thread, with whichever observer is
+  // current (for reads that must run eagerly: printing, numpy()).
+  void Pause() { runtime::DisableInterception(); }
+  void Resume() {
+    if (coexec_) {
+      runtime::EnableInterception(coexec_.get());
+    } else {
+      runtime::EnableInterception(&recorder_);
+    }
+  }
+
   py::dict ValidateStop() {
     runtime::DisableInterception();
     py::dict d;
@@ -144,6 +216,11 @@ class Tracer {
   runtime::Recorder recorder_;
   std::unique_ptr<graph::TraceGraph> validated_graph_;
   std::unique_ptr<runtime::Validator> validator_;
+  std::unique_ptr<graph::TraceGraph> coexec_graph_;
+  std::unique_ptr<runtime::CoExecutor> coexec_;
+  runtime::CoExecutionStats total_;
+  double busy_s_ = 0;
+  double wait_s_ = 0;
 };
 
 }  // namespace
@@ -176,6 +253,37 @@ void BindTracing(py::module_& m) {
            "Validate this thread's ops against the TraceGraph instead of recording them.")
       .def("validate_iteration", &Tracer::ValidateIteration, "A new iteration starts.")
       .def("validate_stop", &Tracer::ValidateStop, "Stop validating; returns matched/diverged counts.")
+      .def(
+          "coexec_start", &Tracer::CoexecStart, py::arg("synchronous") = false,
+          "Co-execute this thread's ops against the TraceGraph instead of recording them.")
+      .def(
+          "coexec_iteration",
+          [](Tracer& t) {
+            py::gil_scoped_release no_gil;
+            return t.CoexecIteration();
+          },
+          "An iteration boundary; False when the iteration left the TraceGraph.")
+      .def(
+          "coexec_fetch",
+          [](Tracer& t) {
+            py::gil_scoped_release no_gil;
+            t.CoexecFetch();
+          },
+          "Wait until every op issued so far has run (Python reads a value).")
+      .def(
+          "coexec_stop",
+          [](Tracer& t) {
+            {
+              py::gil_scoped_release no_gil;
+              t.CoexecStop();
+            }
+            return t.CoexecStats();
+          },
+          "Drain and stop co-executing; returns the co-execution figures.")
+      .def("coexec_stats", &Tracer::CoexecStats)
+      .def("pause", &Tracer::Pause)
+      .def("resume", &Tracer::Resume)
+      .def("coexec_active", &Tracer::CoexecActive)
       .def("serialize", [](Tracer& t) { return py::bytes(graph::Serialize(t.recorder().Graph())); });
 }
 

@@ -13,8 +13,13 @@ no Python per op). This module holds the policy around it:
   patches of ``terra._sync``; they run with interception suspended, so that
   printing's own ops are not mistaken for the program's.
 - Modes: ``trace`` records for the whole run; ``auto`` records until the
-  TraceGraph has not changed for ``stable_after`` iterations, then stops
-  (co-execution takes over there once it exists); ``eager`` records nothing.
+  TraceGraph has not changed for ``stable_after`` iterations, then stops;
+  ``coexec`` (experimental, CPU, one process) records until stable and then
+  co-executes: each op is validated against the TraceGraph and handed to the
+  C++ executor, Python gets future tensors, and reads of values wait for
+  them; an iteration that leaves the graph finishes eagerly, the next one is
+  traced, and co-execution resumes once the graph is stable again;
+  ``eager`` records nothing.
 
 Only the thread that enables tracing is traced, plus the autograd engine's
 threads working for it.
@@ -32,7 +37,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from terra import _C, _sync
 
-MODES = ("eager", "trace", "auto")
+MODES = ("eager", "trace", "auto", "coexec")
 DEFAULT_STABLE_AFTER = 3
 
 
@@ -60,6 +65,10 @@ class _Session:
         self.order_known = False
         self.boundaries = 0
         self.stopped_reason = None
+        self.phase = "trace"  # or "coexec"
+        self.synchronous = False  # debug mode: the executor runs each op at once
+        self.coexec_iterations = 0
+        self.fallbacks = 0
         self._hook = register_optimizer_step_post_hook(self._on_step)
         _sync.install(self._on_read, self._suspend)
         self._start()
@@ -70,6 +79,9 @@ class _Session:
         self.active = True
 
     def _stop(self, reason):
+        if self.phase == "coexec":
+            self.tracer.coexec_stop()
+            self.phase = "trace"
         if self.active:
             self.tracer.stop()
             self.active = False
@@ -84,15 +96,18 @@ class _Session:
         if not (self.active and threading.get_ident() == self.thread):
             yield
             return
-        self.tracer.stop()
+        self.tracer.pause()
         try:
             yield
         finally:
-            self.tracer.start()
+            self.tracer.resume()
 
     def _on_read(self, tensor, kind):
         if self.active and threading.get_ident() == self.thread:
-            self.tracer.sync(tensor, kind)
+            if self.phase == "coexec":
+                self.tracer.coexec_fetch()  # the value must be real before Python reads it
+            else:
+                self.tracer.sync(tensor, kind)
 
     # -- iterations --------------------------------------------------------
     def _on_step(self, optimizer, args, kwargs):
@@ -119,10 +134,26 @@ class _Session:
         self._boundary(merge=not first)
 
     def _boundary(self, merge):
-        self.tracer.end_iteration(merge)
         self.boundaries += 1
-        if self.mode == "auto" and self.tracer.is_stable(self.stable_after):
+        if self.phase == "coexec":
+            self.coexec_iterations += 1
+            if not self.tracer.coexec_iteration():
+                # The iteration left the TraceGraph and finished eagerly: trace
+                # the next one, and come back once the graph is stable again.
+                self.fallbacks += 1
+                self.tracer.coexec_stop()
+                self.phase = "trace"
+                self.tracer.start()
+            return
+        self.tracer.end_iteration(merge)
+        if not self.tracer.is_stable(self.stable_after):
+            return
+        if self.mode == "auto":
             self._stop("stable")
+        elif self.mode == "coexec":
+            self.tracer.stop()
+            self.tracer.coexec_start(self.synchronous)
+            self.phase = "coexec"
 
     # -- results -----------------------------------------------------------
     def report(self):
@@ -132,6 +163,14 @@ class _Session:
                      "iterations; the rest ran eagerly\n")
         elif self.stopped_reason == "disabled":
             text += "  tracing was stopped by terra.disable()\n"
+        if self.mode == "coexec":
+            c = self.tracer.coexec_stats()
+            text += (f"  co-execution: {self.coexec_iterations} iterations, {self.fallbacks} fallbacks; "
+                     f"{c['submitted']} ops to the executor, {c['eager']} run by Python (views, fetches), "
+                     f"{c['fetches']} fetches; executor busy {c['executor_busy_s']:.3f} s, "
+                     f"Python waited {c['fetch_wait_s']:.3f} s\n")
+            if c["first_divergence"]:
+                text += f"  first fallback: {c['first_divergence']}\n"
         return text
 
     def at_exit(self):
@@ -153,7 +192,8 @@ def enable(mode="trace", *, stable_after=DEFAULT_STABLE_AFTER, report=False, dot
     """Starts tracing the calling thread's ATen ops (see the module docstring).
 
     mode: "trace" (record for the whole run), "auto" (record until the
-    TraceGraph is stable for ``stable_after`` iterations) or "eager" (do
+    TraceGraph is stable for ``stable_after`` iterations), "coexec"
+    (experimental: record until stable, then co-execute) or "eager" (do
     nothing). report: print ``terra.report()`` to stderr at exit (rank 0
     only). dot: write the TraceGraph as Graphviz DOT to this path at exit
     (rank 0 only).
@@ -217,10 +257,17 @@ def report():
 
 def stats():
     """The tracing figures as a dict (iterations, ops per iteration, nodes,
-    branch points, segments, sync points with their source lines, ...);
-    ``{}`` when tracing never ran."""
+    branch points, segments, sync points with their source lines, ...; under
+    mode "coexec" also "coexec": ops submitted, run eagerly, fetches,
+    fallbacks, iterations co-executed); ``{}`` when tracing never ran."""
     s = _last_session()
-    return s.tracer.stats() if s is not None else {}
+    if s is None:
+        return {}
+    d = s.tracer.stats()
+    if s.mode == "coexec":
+        d["coexec"] = dict(s.tracer.coexec_stats(), iterations=s.coexec_iterations,
+                           fallbacks=s.fallbacks, phase=s.phase)
+    return d
 
 
 def dot():

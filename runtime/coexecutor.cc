@@ -1,0 +1,195 @@
+#include "runtime/coexecutor.h"
+
+#include <ATen/ATen.h>
+
+#include <utility>
+
+namespace terra::runtime {
+namespace {
+
+// In-place ops that change sizes, strides or storage, not only data.
+bool MetadataMutating(const std::string& name) {
+  static const char* const kOps[] = {
+      "aten::resize_",     "aten::resize_as_", "aten::set_",       "aten::as_strided_",
+      "aten::squeeze_",    "aten::unsqueeze_", "aten::t_",         "aten::transpose_",
+      "aten::swapaxes_",   "aten::swapdims_",  "aten::detach_",    "aten::_resize_output_",
+      "aten::resize_as_sparse_", "aten::sparse_resize_", "aten::sparse_resize_and_clear_",
+      "aten::_coalesced_", "aten::as_strided_scatter",
+  };
+  for (const char* op : kOps) {
+    if (name == op) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+CoExecutor::CoExecutor(const graph::TraceGraph* graph, LocationSource* locations, bool synchronous)
+    : graph_(graph), validator_(graph, locations), executor_(synchronous) {}
+
+CoExecutor::~CoExecutor() {
+  try {
+    executor_.Drain();
+  } catch (...) {
+    // Leaving: the error was the program's to see at its next fetch.
+  }
+}
+
+const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
+  const c10::OperatorName* key = &op.operator_name();
+  auto it = kinds_.find(key);
+  if (it != kinds_.end()) return it->second;
+  OpKind k;
+  const c10::FunctionSchema& schema = op.schema();
+  bool all_tensors = true;
+  bool any_view = false;
+  bool any_write = false;
+  for (const c10::Argument& ret : schema.returns()) {
+    const c10::TypePtr& type = ret.type();
+    const bool tensor = type->kind() == c10::TypeKind::TensorType;
+    const bool list = type->kind() == c10::TypeKind::ListType &&
+                      type->containedType(0)->kind() == c10::TypeKind::TensorType;
+    if (!tensor && !list) all_tensors = false;
+    if (list) k.list_return = true;
+    if (tensor) ++k.tensor_returns;
+    if (ret.alias_info() != nullptr) (ret.alias_info()->isWrite() ? any_write : any_view) = true;
+  }
+  bool mutates = false;
+  for (const c10::Argument& arg : schema.arguments()) {
+    if (arg.alias_info() != nullptr && arg.alias_info()->isWrite()) mutates = true;
+  }
+  if (!all_tensors) {
+    k.kind = Kind::kFetch;  // Python gets a number (or something else) computed from data
+  } else if (any_view && !any_write && !mutates) {
+    k.kind = Kind::kView;
+  } else if (mutates && (MetadataMutating(schema.name()) || schema.overload_name() == "out" ||
+                         schema.overload_name().find("_out") != std::string::npos)) {
+    // Changes the tensor's metadata (or may resize an out= argument): Python
+    // must see the new metadata now, so it runs here, after a drain.
+    k.kind = Kind::kEager;
+  } else if (mutates) {
+    // Each return must alias a written argument, which Python gets back.
+    k.kind = Kind::kInPlace;
+    for (const c10::Argument& ret : schema.returns()) {
+      int found = -1;
+      if (ret.alias_info() != nullptr && ret.alias_info()->isWrite()) {
+        const auto& args = schema.arguments();
+        for (size_t i = 0; i < args.size(); ++i) {
+          if (args[i].alias_info() != nullptr &&
+              args[i].alias_info()->beforeSets() == ret.alias_info()->beforeSets()) {
+            found = static_cast<int>(i);
+          }
+        }
+      }
+      if (found < 0) k.kind = Kind::kEager;  // returns something new besides writing
+      k.returned_args.push_back(found);
+    }
+  } else if (any_view || (k.list_return && schema.returns().size() != 1)) {
+    k.kind = Kind::kEager;
+  } else {
+    k.kind = Kind::kCompute;
+  }
+  return kinds_.emplace(key, std::move(k)).first->second;
+}
+
+void CoExecutor::Diverge(const c10::OperatorHandle& op) {
+  if (stats_.first_divergence.empty()) {
+    std::string expected;
+    for (const graph::Edge& e : graph_->Successors(validator_.last_position())) {
+      expected += e.to == graph::kExit ? std::string(" end-of-iteration")
+                                       : " " + graph::QualifiedName(graph_->node(e.to).identity) + "@" +
+                                             graph::ShortLocation(graph_->node(e.to).identity.location);
+    }
+    stats_.first_divergence = op.operator_name().name + "." + op.operator_name().overload_name +
+                              " where the graph expected:" + expected;
+  }
+  ++stats_.divergences;
+  diverged_ = true;
+  executor_.Drain();
+}
+
+void CoExecutor::Fetch() {
+  ++stats_.fetches;
+  executor_.Drain();
+}
+
+bool CoExecutor::EndIteration() {
+  const bool ok = !diverged_ && validator_.AtIterationEnd();
+  if (!ok && !diverged_) {
+    ++stats_.divergences;
+    if (stats_.first_divergence.empty()) stats_.first_divergence = "the iteration ended early";
+    executor_.Drain();
+  }
+  validator_.StartIteration();
+  diverged_ = false;
+  return ok;
+}
+
+bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  if (diverged_) return false;  // the rest of this iteration runs eagerly
+  const size_t num_args = op.schema().arguments().size();
+  c10::ArrayRef<c10::IValue> inputs(stack->data() + stack->size() - num_args, num_args);
+  const Validator::Outcome outcome = validator_.Check(op, inputs);
+  if (outcome == Validator::Outcome::kIgnored) return false;
+  if (outcome == Validator::Outcome::kDiverged) {
+    Diverge(op);
+    return false;
+  }
+  const graph::GraphNode& node = graph_->node(validator_.position());
+  const OpKind& kind = KindOf(op);
+  Kind k = kind.kind;
+  // Outputs Python cannot be handed in advance: metadata that varies, or a
+  // tuple with undefined members (convolution_backward's output_mask).
+  if (k == Kind::kCompute &&
+      (node.outputs_vary || node.outputs.size() != node.num_outputs ||
+       (!kind.list_return && node.outputs.size() != kind.tensor_returns))) {
+    k = Kind::kEager;
+  }
+  switch (k) {
+    case Kind::kView:
+      ++stats_.eager;
+      return false;
+    case Kind::kFetch:
+    case Kind::kEager:
+      // Runs here, on real inputs: everything before it must have run.
+      ++stats_.eager;
+      if (k == Kind::kFetch) ++stats_.fetches;
+      executor_.Drain();
+      return false;
+    case Kind::kInPlace: {
+      torch::jit::Stack results;
+      for (int arg : kind.returned_args) results.push_back(inputs[static_cast<size_t>(arg)]);
+      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), {}, {}};
+      torch::jit::drop(*stack, num_args);
+      for (c10::IValue& r : results) stack->push_back(std::move(r));
+      executor_.Submit(std::move(work));
+      ++stats_.submitted;
+      return true;
+    }
+    case Kind::kCompute: {
+      std::vector<at::Tensor> futures;
+      std::vector<FutureOutput> outputs;
+      futures.reserve(node.outputs.size());
+      outputs.reserve(node.outputs.size());
+      for (const graph::TensorMeta& m : node.outputs) {
+        futures.push_back(MakeFuture(m.sizes, m.strides, static_cast<c10::ScalarType>(m.dtype),
+                                     c10::Device(static_cast<c10::DeviceType>(m.device_type),
+                                                 static_cast<c10::DeviceIndex>(m.device_index))));
+        outputs.push_back(FutureOutput{futures.back().storage(), &m});
+      }
+      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), std::move(outputs), {}};
+      torch::jit::drop(*stack, num_args);
+      if (kind.list_return) {
+        stack->push_back(c10::IValue(c10::List<at::Tensor>(futures)));
+      } else {
+        for (at::Tensor& f : futures) stack->push_back(std::move(f));
+      }
+      executor_.Submit(std::move(work));
+      ++stats_.submitted;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace terra::runtime

@@ -1,0 +1,80 @@
+// Co-execution on the program's thread (design.md §4, §6; docs/coexecution.md):
+// the OpObserver that takes ops over instead of running them.
+//
+// Per op (TakeOver): the Validator checks it against the TraceGraph. Then
+//   - a view op runs for real here (metadata only, exact whatever the fed
+//     arguments), and so does any op whose node is not predictable;
+//   - an op whose result Python reads (`_local_scalar_dense`, any op that
+//     returns a non-tensor) is a fetch: drain the executor, then run it here;
+//   - an in-place (or out=) op goes to the executor, and Python gets its
+//     argument back, as eager returns it;
+//   - any other op goes to the executor, and Python gets future tensors built
+//     from the node's recorded output metadata.
+// A mismatch (divergence) drains the executor, so every future is real, and
+// the rest of the iteration runs eagerly; `diverged()` tells the Python side,
+// which traces the next iteration and comes back when the graph is stable.
+//
+// Threading: the program's thread only (the executor has its own). Ops the
+// autograd engine runs on other threads (CUDA) are not taken over.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "graph/trace_graph.h"
+#include "runtime/executor.h"
+#include "runtime/interception.h"
+#include "runtime/tracing_types.h"
+#include "runtime/validator.h"
+
+namespace terra::runtime {
+
+struct CoExecutionStats {
+  uint64_t submitted = 0;  // ops handed to the executor
+  uint64_t eager = 0;      // ops run here: views, fetches, unpredictable nodes
+  uint64_t fetches = 0;    // drains before a value read
+  uint64_t divergences = 0;
+  std::string first_divergence;  // the op that left the graph first, and what was expected
+};
+
+class CoExecutor final : public OpObserver {
+ public:
+  // `graph` must outlive the co-executor and stay unchanged. `synchronous`:
+  // debug mode, each op runs as soon as it is validated.
+  CoExecutor(const graph::TraceGraph* graph, LocationSource* locations, bool synchronous);
+  ~CoExecutor() override;
+
+  bool TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stack) override;
+  void OnOp(const c10::OperatorHandle&, c10::ArrayRef<c10::IValue>) override {}
+
+  // Python reads a value directly (numpy(), print, ...): make it real.
+  void Fetch();
+  // An iteration boundary. Returns false when the iteration diverged (or
+  // ended where the graph does not end); the caller then falls back.
+  bool EndIteration();
+  bool diverged() const { return diverged_; }
+  const CoExecutionStats& stats() const { return stats_; }
+  Executor& executor() { return executor_; }
+
+ private:
+  enum class Kind : uint8_t { kView, kInPlace, kFetch, kCompute, kEager };
+  struct OpKind {
+    Kind kind = Kind::kEager;
+    std::vector<int> returned_args;  // in-place: argument index each return aliases
+    bool list_return = false;        // compute: one Tensor[] return
+    size_t tensor_returns = 0;       // compute: Tensor returns (no list)
+  };
+  const OpKind& KindOf(const c10::OperatorHandle& op);
+  void Diverge(const c10::OperatorHandle& op);
+
+  const graph::TraceGraph* graph_;
+  Validator validator_;
+  Executor executor_;
+  std::unordered_map<const c10::OperatorName*, OpKind> kinds_;
+  bool diverged_ = false;
+  CoExecutionStats stats_;
+};
+
+}  // namespace terra::runtime

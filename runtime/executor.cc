@@ -1,0 +1,146 @@
+#include "runtime/executor.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <chrono>
+#include <utility>
+
+#include "runtime/base/check.h"
+
+namespace terra::runtime {
+namespace {
+
+constexpr const char* kNotReady =
+    "Terra: this tensor's value is still being computed by the co-execution executor, and the "
+    "program read it through a path Terra does not watch. Report the call that read it; "
+    "meanwhile run with --mode trace (or terra.enable(\"trace\")) to avoid co-execution.";
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
+                      c10::Device device) {
+  at::Tensor t = at::empty_strided(sizes, strides, at::TensorOptions().dtype(dtype).device(device));
+  t.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl()
+      ->release_data_and_set_meta_custom_data_ptr_error_msg_(kNotReady);
+  return t;
+}
+
+Executor::Executor(bool synchronous) : synchronous_(synchronous) {
+  if (!synchronous_) thread_ = std::thread([this] { Loop(); });
+}
+
+Executor::~Executor() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+    stop_ = true;
+  }
+  has_work_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Executor::Submit(Work work) {
+  ++submitted_;
+  if (synchronous_) {
+    if (error_) return;
+    try {
+      Run(work);
+    } catch (...) {
+      error_ = std::current_exception();
+      error_where_ = work.where + " (" + work.op.operator_name().name + ")";
+      Drain();  // throws now: the error surfaces at the issuing line
+    }
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(work));
+  }
+  has_work_.notify_one();
+}
+
+void Executor::Drain() {
+  const double start = Now();
+  std::unique_lock<std::mutex> lock(mu_);
+  drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+  drain_wait_s_ += Now() - start;
+  if (error_) {
+    std::exception_ptr error = std::exchange(error_, nullptr);
+    std::string where = std::move(error_where_);
+    lock.unlock();
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      TERRA_CHECK(false, "an operation co-executed for ", where, " failed: ", e.what());
+    }
+  }
+}
+
+double Executor::busy_seconds() const {
+  std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(mu_));
+  return busy_s_;
+}
+
+void Executor::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    has_work_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stop_
+    Work work = std::move(queue_.front());
+    queue_.pop_front();
+    running_ = true;
+    const bool skip = error_ != nullptr;
+    lock.unlock();
+    const double start = Now();
+    std::exception_ptr failure;
+    if (!skip) {
+      try {
+        Run(work);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    const double took = Now() - start;
+    work = Work{work.op, {}, {}, std::move(work.where)};  // drop references outside the lock
+    lock.lock();
+    busy_s_ += took;
+    if (failure && !error_) {
+      error_ = failure;
+      error_where_ = work.where + " (" + work.op.operator_name().name + ")";
+    }
+    running_ = false;
+    if (queue_.empty()) drained_.notify_all();
+  }
+}
+
+void Executor::Run(Work& work) {
+  // Autograd ran on the program's thread when the op was issued.
+  c10::impl::ExcludeDispatchKeyGuard below_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
+  torch::jit::Stack stack = std::move(work.inputs);
+  work.op.callBoxed(&stack);
+  size_t k = 0;
+  for (const c10::IValue& v : stack) {
+    auto fill = [&](const at::Tensor& result) {
+      if (k >= work.futures.size()) return;
+      FutureOutput& out = work.futures[k++];
+      out.storage.unsafeGetStorageImpl()->clear_data_ptr_access_error_msg_();
+      at::Tensor target = at::empty({0}, result.options());
+      target.set_(out.storage, 0, out.meta->sizes, out.meta->strides);
+      target.copy_(result);
+    };
+    if (v.isTensor()) {
+      fill(v.toTensor());
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorList()) fill(t);
+    }
+  }
+  TERRA_INTERNAL_CHECK(k == work.futures.size(), work.op.operator_name().name, " returned ", k,
+                       " tensors for ", work.futures.size(), " futures");
+}
+
+}  // namespace terra::runtime

@@ -1,0 +1,96 @@
+// The executor of co-execution (design.md §6): one thread that runs the
+// validated ops of the program in program order, filling the future tensors
+// the program's thread handed out.
+//
+// Protocol:
+//   - The program's thread Submits a Work: an op, its boxed arguments as the
+//     program gave them (tensors by reference, scalars by value: input
+//     feeding), and the futures its outputs go to (empty for in-place ops,
+//     which write their arguments).
+//   - The executor thread runs each Work below autograd (autograd already ran
+//     on the program's thread), then copies each result into its future, after
+//     clearing the future's "value not ready" guard (MakeFuture).
+//   - Drain blocks until every submitted Work has run. If one failed, the
+//     executor skips the rest (their futures stay guarded) and Drain throws
+//     terra::Error naming the op and where the program issued it.
+//   - Synchronous mode (debug): Submit runs the work on the caller's thread
+//     at once, so an error surfaces at the line that issued the op.
+// Threading: Submit and Drain from one thread (the program's); the executor
+// thread is private. The destructor drains (ignoring errors) and joins.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "graph/node.h"
+
+namespace terra::runtime {
+
+// Where one output of a Work goes: the future's storage and layout. Not the
+// future tensor itself: holding it would raise its use count, and autograd
+// decides by use count whether AccumulateGrad steals a gradient or clones it,
+// which would change the op sequence the program issues.
+struct FutureOutput {
+  c10::Storage storage;
+  const graph::TensorMeta* meta = nullptr;  // sizes, strides, dtype; owned by the graph
+};
+
+struct Work {
+  c10::OperatorHandle op;
+  torch::jit::Stack inputs;
+  std::vector<FutureOutput> futures;  // one per tensor the op returns, in order
+  std::string where;                  // the issuing program location, for errors
+};
+
+// A tensor with `like`'s metadata whose storage is allocated but not filled,
+// guarded so that reading or writing its data throws until the executor fills
+// it (the safety net for a read Terra did not foresee).
+at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
+                      c10::Device device);
+
+class Executor {
+ public:
+  explicit Executor(bool synchronous = false);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  void Submit(Work work);
+  // Waits until everything submitted so far has run; rethrows a failure.
+  void Drain();
+
+  uint64_t submitted() const { return submitted_; }
+  // Seconds the program's thread spent waiting in Drain.
+  double drain_wait_seconds() const { return drain_wait_s_; }
+  double busy_seconds() const;
+
+ private:
+  void Loop();
+  void Run(Work& work);  // on the executor thread (or the caller, synchronous)
+
+  const bool synchronous_;
+  std::mutex mu_;
+  std::condition_variable has_work_;
+  std::condition_variable drained_;
+  std::deque<Work> queue_;
+  bool running_ = false;  // the executor thread holds a Work
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::string error_where_;
+  uint64_t submitted_ = 0;
+  double drain_wait_s_ = 0;
+  double busy_s_ = 0;  // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace terra::runtime
