@@ -73,7 +73,8 @@ NodeIndex TraceGraph::AddNode(const TraceNode& tn) {
   return i;
 }
 
-bool TraceGraph::AddTrace(const Trace& trace) {
+bool TraceGraph::AddTrace(const Trace& trace, NodeIndex after) {
+  TERRA_CHECK(after == kEntry || after < nodes_.size(), "AddTrace: no node ", after, " to continue after");
   const std::vector<TraceNode>& tnodes = trace.nodes();
   // Validate first, so that a rejected trace leaves the graph untouched.
   for (size_t i = 0; i < tnodes.size(); ++i) {
@@ -94,7 +95,7 @@ bool TraceGraph::AddTrace(const Trace& trace) {
   for (const SyncPoint& s : trace.syncs()) {
     if (s.position <= tnodes.size()) sync_after[s.position] = true;
   }
-  NodeIndex prev = kEntry;
+  NodeIndex prev = after;
   for (size_t i = 0; i < tnodes.size(); ++i) {
     const TraceNode& tn = tnodes[i];
     std::optional<NodeIndex> found = Match(tn);

@@ -83,7 +83,11 @@ class TraceGraph {
   // (before changing anything) that a node matching an existing identity has
   // the same number of outputs, and that every elided trace node
   // (Trace::AddKnown) names a node of this graph.
-  bool AddTrace(const Trace& trace);
+  bool AddTrace(const Trace& trace) { return AddTrace(trace, kEntry); }
+  // Merges a trace that starts in the middle of an iteration, right after
+  // node `after` (a path co-execution had not seen, recorded from there on):
+  // its first node becomes a successor of `after` instead of kEntry's.
+  bool AddTrace(const Trace& trace, NodeIndex after);
 
   size_t NodeCount() const { return nodes_.size(); }
   // Distinct edges, including those leaving kEntry and those reaching kExit.

@@ -2,6 +2,7 @@
 
 #include <ATen/SequenceNumber.h>
 #include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 
 #include <limits>
 #include <typeinfo>
@@ -24,6 +25,11 @@ BackwardContext CurrentBackward() {
   // The mangled type name is the same in every process built from the same
   // sources (node->name() demangles, which costs microseconds).
   ctx.kind = graph::Fnv1a64(typeid(*node).name());
+  if (!ctx.has_forward) {
+    if (auto* acc = dynamic_cast<torch::autograd::AccumulateGrad*>(&*node)) {
+      ctx.accumulates_into = acc->variable.unsafeGetTensorImpl();
+    }
+  }
   return ctx;
 }
 

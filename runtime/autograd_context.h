@@ -17,6 +17,9 @@ struct BackwardContext {
   bool has_forward = false;  // sequence_nr names a forward op (false: AccumulateGrad and the like)
   uint64_t sequence_nr = 0;  // the backward function's sequence number
   uint64_t kind = 0;         // stable hash of the backward function's type
+  // For AccumulateGrad: the leaf it accumulates into (identifies the
+  // function across iterations; nullptr otherwise).
+  const void* accumulates_into = nullptr;
 };
 
 // The backward function the autograd engine is evaluating on this thread.

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 namespace terra::runtime {
@@ -24,8 +26,9 @@ bool MetadataMutating(const std::string& name) {
 
 }  // namespace
 
-CoExecutor::CoExecutor(const graph::TraceGraph* graph, LocationSource* locations, bool synchronous)
-    : graph_(graph), validator_(graph, locations), executor_(synchronous) {}
+CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recorder* recorder,
+                       bool synchronous)
+    : graph_(graph), recorder_(recorder), validator_(graph, locator), executor_(synchronous) {}
 
 CoExecutor::~CoExecutor() {
   try {
@@ -103,9 +106,32 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op) {
     stats_.first_divergence = op.operator_name().name + "." + op.operator_name().overload_name +
                               " where the graph expected:" + expected;
   }
+  if (std::getenv("TERRA_DEBUG_DIVERGENCE") != nullptr) {
+    std::string expected;
+    for (const graph::Edge& e : graph_->Successors(validator_.last_position())) {
+      expected += e.to == graph::kExit ? std::string(" end")
+                                       : " " + graph::QualifiedName(graph_->node(e.to).identity) + "@" +
+                                             graph::ShortLocation(graph_->node(e.to).identity.location);
+    }
+    std::fprintf(stderr, "terra: divergence at %s.%s (expected%s)\n", op.operator_name().name.c_str(),
+                 op.operator_name().overload_name.c_str(), expected.c_str());
+  }
   ++stats_.divergences;
   diverged_ = true;
+  diverged_after_ = validator_.last_position();
   executor_.Drain();
+}
+
+void CoExecutor::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
+  if (diverged_) recorder_->OnOp(op, inputs);
+}
+
+void CoExecutor::OnOpEnd(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> outputs) {
+  if (diverged_) recorder_->OnOpEnd(op, outputs);
+}
+
+void CoExecutor::OnOpFailed(const c10::OperatorHandle& op) {
+  if (diverged_) recorder_->OnOpFailed(op);
 }
 
 void CoExecutor::Fetch() {
@@ -113,23 +139,29 @@ void CoExecutor::Fetch() {
   executor_.Drain();
 }
 
-bool CoExecutor::EndIteration() {
-  const bool ok = !diverged_ && validator_.AtIterationEnd();
-  if (!ok && !diverged_) {
+CoExecutor::Boundary CoExecutor::EndIteration() {
+  if (!diverged_ && validator_.AtIterationEnd()) {
+    validator_.StartIteration();
+    return Boundary::kFollowed;
+  }
+  if (!diverged_) {
+    // Ended where the graph does not end: learn that edge to the exit.
     ++stats_.divergences;
     if (stats_.first_divergence.empty()) stats_.first_divergence = "the iteration ended early";
-    executor_.Drain();
+    diverged_after_ = validator_.position();
   }
-  validator_.StartIteration();
+  executor_.Drain();
+  recorder_->EndPartialIteration(diverged_after_);
   diverged_ = false;
-  return ok;
+  validator_.StartIteration();
+  return Boundary::kLearned;
 }
 
 bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   if (diverged_) return false;  // the rest of this iteration runs eagerly
   const size_t num_args = op.schema().arguments().size();
   c10::ArrayRef<c10::IValue> inputs(stack->data() + stack->size() - num_args, num_args);
-  const Validator::Outcome outcome = validator_.Check(op, inputs);
+  const Validator::Outcome outcome = validator_.Check(op, inputs, /*commit_mismatch=*/false);
   if (outcome == Validator::Outcome::kIgnored) return false;
   if (outcome == Validator::Outcome::kDiverged) {
     Diverge(op);
@@ -175,7 +207,8 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
         futures.push_back(MakeFuture(m.sizes, m.strides, static_cast<c10::ScalarType>(m.dtype),
                                      c10::Device(static_cast<c10::DeviceType>(m.device_type),
                                                  static_cast<c10::DeviceIndex>(m.device_index))));
-        outputs.push_back(FutureOutput{futures.back().storage(), &m});
+        outputs.push_back(FutureOutput{
+            futures.back().storage().getWeakStorageImpl(), &m});
       }
       Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), std::move(outputs), {}};
       torch::jit::drop(*stack, num_args);

@@ -11,8 +11,11 @@
 //   - any other op goes to the executor, and Python gets future tensors built
 //     from the node's recorded output metadata.
 // A mismatch (divergence) drains the executor, so every future is real, and
-// the rest of the iteration runs eagerly; `diverged()` tells the Python side,
-// which traces the next iteration and comes back when the graph is stable.
+// the rest of the iteration runs eagerly while the recorder (sharing the
+// validator's OpLocator, so locations continue without a seam) records it
+// from the divergent op on. At the boundary that partial trace is merged as a
+// new path after the last matched node, and co-execution resumes with the
+// grown graph: a path seen once is co-executed the next time.
 //
 // Threading: the program's thread only (the executor has its own). Ops the
 // autograd engine runs on other threads (CUDA) are not taken over.
@@ -26,6 +29,7 @@
 #include "graph/trace_graph.h"
 #include "runtime/executor.h"
 #include "runtime/interception.h"
+#include "runtime/recorder.h"
 #include "runtime/tracing_types.h"
 #include "runtime/validator.h"
 
@@ -43,17 +47,26 @@ class CoExecutor final : public OpObserver {
  public:
   // `graph` must outlive the co-executor and stay unchanged. `synchronous`:
   // debug mode, each op runs as soon as it is validated.
-  CoExecutor(const graph::TraceGraph* graph, LocationSource* locations, bool synchronous);
+  // `locator` and `recorder` (shared with the recorder, not owned) take over
+  // after a divergence.
+  CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recorder* recorder,
+             bool synchronous);
   ~CoExecutor() override;
 
   bool TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stack) override;
-  void OnOp(const c10::OperatorHandle&, c10::ArrayRef<c10::IValue>) override {}
+  // Only called for ops not taken over; recorded after a divergence.
+  void OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) override;
+  void OnOpEnd(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> outputs) override;
+  void OnOpFailed(const c10::OperatorHandle& op) override;
 
   // Python reads a value directly (numpy(), print, ...): make it real.
   void Fetch();
-  // An iteration boundary. Returns false when the iteration diverged (or
-  // ended where the graph does not end); the caller then falls back.
-  bool EndIteration();
+  // An iteration boundary. kFollowed: the iteration followed the graph.
+  // kLearned: it left the graph (or ended where the graph does not end); the
+  // path it took instead was recorded and merged into the recorder's graph,
+  // and the caller restarts co-execution on the grown graph.
+  enum class Boundary { kFollowed, kLearned };
+  Boundary EndIteration();
   bool diverged() const { return diverged_; }
   const CoExecutionStats& stats() const { return stats_; }
   Executor& executor() { return executor_; }
@@ -70,10 +83,12 @@ class CoExecutor final : public OpObserver {
   void Diverge(const c10::OperatorHandle& op);
 
   const graph::TraceGraph* graph_;
+  Recorder* recorder_;
   Validator validator_;
   Executor executor_;
   std::unordered_map<const c10::OperatorName*, OpKind> kinds_;
-  bool diverged_ = false;
+  bool diverged_ = false;  // recording the rest of the iteration
+  graph::NodeIndex diverged_after_ = graph::kEntry;
   CoExecutionStats stats_;
 };
 

@@ -128,9 +128,11 @@ void Executor::Run(Work& work) {
     auto fill = [&](const at::Tensor& result) {
       if (k >= work.futures.size()) return;
       FutureOutput& out = work.futures[k++];
-      out.storage.unsafeGetStorageImpl()->clear_data_ptr_access_error_msg_();
+      c10::intrusive_ptr<c10::StorageImpl> storage = out.storage.lock();
+      if (!storage) return;  // the program no longer holds this output
+      storage->clear_data_ptr_access_error_msg_();
       at::Tensor target = at::empty({0}, result.options());
-      target.set_(out.storage, 0, out.meta->sizes, out.meta->strides);
+      target.set_(c10::Storage(std::move(storage)), 0, out.meta->sizes, out.meta->strides);
       target.copy_(result);
     };
     if (v.isTensor()) {

@@ -36,12 +36,14 @@
 
 namespace terra::runtime {
 
-// Where one output of a Work goes: the future's storage and layout. Not the
-// future tensor itself: holding it would raise its use count, and autograd
-// decides by use count whether AccumulateGrad steals a gradient or clones it,
-// which would change the op sequence the program issues.
+// Where one output of a Work goes: the future's storage, weakly, and its
+// layout. Not the future tensor, and not a strong reference to its storage:
+// autograd decides by use counts whether AccumulateGrad steals a gradient or
+// clones it and whether the engine accumulates gradients in place, so a
+// reference held here would change the ops the program issues. A future the
+// program dropped before it was filled is simply not filled.
 struct FutureOutput {
-  c10::Storage storage;
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   const graph::TensorMeta* meta = nullptr;  // sizes, strides, dtype; owned by the graph
 };
 

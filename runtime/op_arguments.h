@@ -13,6 +13,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/function_schema.h>
 #include <ATen/core/ivalue.h>
 #include <c10/core/TensorImpl.h>
 
@@ -234,6 +235,11 @@ class OrdinalTracker {
  public:
   // `frames` is the current op's (empty for a backward op); the tracker keeps
   // a copy, reusing its capacity.
+  // The ordinal the next op would get, without recording it.
+  uint32_t Peek(const std::vector<graph::Frame>& frames, uint64_t backward_of) const {
+    const bool same = has_last_ && last_backward_of_ == backward_of && last_frames_ == frames;
+    return same ? last_ordinal_ + 1 : 0;
+  }
   uint32_t Next(const std::vector<graph::Frame>& frames, uint64_t backward_of) {
     const bool same = has_last_ && last_backward_of_ == backward_of && last_frames_ == frames;
     last_ordinal_ = same ? last_ordinal_ + 1 : 0;

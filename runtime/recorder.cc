@@ -38,22 +38,15 @@ struct Pending {
   std::vector<graph::ValueRef> inputs;
   std::vector<at::Tensor> mutated;  // only for ops that return no tensor
   bool reads_value = false;         // a sync point: Python gets a number from tensor data
-  bool maps_sequence = false;       // this op created the backward function below
-  uint64_t sequence_nr = 0;
 };
 
 // Per thread: where the previous op came from (for ordinals) and the last
 // autograd sequence number seen.
 struct ThreadState {
   Pending pending;
-  std::vector<graph::Frame> frames;  // scratch for the current op
   std::vector<at::Tensor> tensors;   // scratch: the op's tensor inputs
   std::vector<at::Tensor> outputs;   // scratch: its tensor outputs
   graph::ArgsEncoder args;           // scratch: its other arguments
-  OrdinalTracker ordinals;
-  uint64_t epoch = 0;  // the recorder epoch the ordinals refer to
-  const void* recorder = nullptr;
-  uint64_t last_sequence_nr = 0;
 };
 thread_local ThreadState tls;
 
@@ -91,8 +84,11 @@ bool IsNumberType(const c10::TypePtr& type) {
 
 }  // namespace
 
-Recorder::Recorder(LocationSource* locations, uint32_t max_ops_per_iteration)
-    : locations_(locations), max_ops_per_iteration_(max_ops_per_iteration) {}
+Recorder::Recorder(LocationSource* locations, uint32_t max_ops_per_iteration, OpLocator* shared)
+    : locations_(locations),
+      own_locator_(shared ? nullptr : std::make_unique<OpLocator>(locations)),
+      locator_(shared ? shared : own_locator_.get()),
+      max_ops_per_iteration_(max_ops_per_iteration) {}
 
 Recorder::~Recorder() = default;
 
@@ -135,34 +131,15 @@ void Recorder::Track(const at::Tensor& tensor, graph::ValueRef ref) {
 
 void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
   ThreadState& ts = tls;
-  const uint64_t epoch = epoch_.load(std::memory_order_relaxed);
-  if (ts.epoch != epoch || ts.recorder != this) {
-    ts.ordinals.Reset();  // a new iteration (or recorder): ordinals start over
-    ts.epoch = epoch;
-    ts.recorder = this;
-  }
   Pending& p = ts.pending;
   p.active = true;
   p.identity = graph::NodeIdentity{};
   p.inputs.clear();
   p.mutated.clear();
-  p.maps_sequence = false;
 
-  // Location, first half: frames are read without the lock (the source may
-  // need the GIL on a cache miss; the lock is never held while waiting for it).
-  const BackwardContext backward = CurrentBackward();
-  if (!backward.active) {
-    locations_->CurrentFrames(&ts.frames);
-    const uint64_t next = NextSequenceNr();
-    if (next != ts.last_sequence_nr) {
-      // Autograd created this op's backward function just before its kernel.
-      if (next > 0) {
-        p.maps_sequence = true;
-        p.sequence_nr = next - 1;
-      }
-      ts.last_sequence_nr = next;
-    }
-  }
+  // Frames are read without the lock (the source may need the GIL on a cache
+  // miss; the lock is never held while waiting for it).
+  OpSite site = locator_->Observe();
 
   std::lock_guard<std::mutex> lock(mu_);
   if (overflowed_ || trace_.size() >= max_ops_per_iteration_) {
@@ -182,29 +159,18 @@ void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> in
     p.active = false;
     return;
   }
-  uint64_t backward_of = 0;
-  if (backward.active) {
-    if (backward.has_forward) {
-      auto it = forward_of_seq_.find(backward.sequence_nr);
-      if (it != forward_of_seq_.end()) backward_of = it->second;
-    }
-    if (backward_of == 0) {
-      // No forward op (AccumulateGrad, a hook) or one issued before tracing:
-      // the function's type and the node issued before it.
-      const uint64_t before = trace_.size() > 0 ? trace_.nodes().back().hash : 0;
-      backward_of = backward.kind ^ (before * graph::Fnv1aWriter::kPrime);
-      if (backward_of == 0) backward_of = 1;
-    }
-    ts.frames.clear();
-  }
-  const uint32_t ordinal = ts.ordinals.Next(ts.frames, backward_of);
+  locator_->Locate(site);
+  const std::vector<graph::Frame>& frames = *site.frames;
+  const uint64_t backward_of = site.backward_of;
+  const uint32_t ordinal = site.ordinal;
 
   // The identity's hash, streamed; the identity itself is built only when
   // the graph has not seen this node (or a sync point needs its location).
   ts.args.Clear();
   ts.tensors.clear();
   EncodeArguments(inputs, info.policy, ts.args, [&](const at::Tensor& t) { ts.tensors.push_back(t); });
-  p.hash = IdentityHash(info.name_state, ts.args.bytes(), ts.tensors, ts.frames, backward_of, ordinal);
+  p.hash = IdentityHash(info.name_state, ts.args.bytes(), ts.tensors, frames, backward_of, ordinal);
+  locator_->Commit(site, p.hash);
   p.known = graph_.ContainsHash(p.hash) && !info.reads_value;
   p.inputs.reserve(ts.tensors.size());
   for (const at::Tensor& t : ts.tensors) p.inputs.push_back(Resolve(t));
@@ -215,7 +181,7 @@ void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> in
     id.args = std::string(ts.args.bytes());
     id.inputs.reserve(ts.tensors.size());
     for (const at::Tensor& t : ts.tensors) id.inputs.push_back(MetaOf(t));
-    id.location.frames = ts.frames;
+    id.location.frames = frames;
     id.location.backward_of = backward_of;
     id.location.ordinal = ordinal;
   }
@@ -278,7 +244,6 @@ void Recorder::OnOpEnd(const c10::OperatorHandle& /*op*/, c10::ArrayRef<c10::IVa
   for (size_t k = 0; k < outs.size(); ++k) {
     Track(outs[k], graph::ValueRef::Output(pos, static_cast<uint32_t>(k)));
   }
-  if (p.maps_sequence) forward_of_seq_[p.sequence_nr] = p.hash;
   ++stats_.ops;
   ++stats_.ops_in_current;
   if (p.reads_value) AddSyncLocked(sync_value, sync_location, sync_op);
@@ -291,10 +256,8 @@ void Recorder::OnOpFailed(const c10::OperatorHandle& /*op*/) {
 }
 
 void Recorder::OnSync(const at::Tensor& tensor, const std::string& kind) {
-  ThreadState& ts = tls;
   graph::Location loc;
-  locations_->CurrentFrames(&ts.frames);
-  loc.frames = ts.frames;
+  locations_->CurrentFrames(&loc.frames);
   std::lock_guard<std::mutex> lock(mu_);
   if (overflowed_) return;
   const graph::ValueRef ref = tensor.defined()
@@ -323,16 +286,18 @@ void Recorder::AddSyncLocked(graph::ValueRef value, const graph::Location& locat
 
 bool Recorder::EndIteration(bool merge) {
   std::lock_guard<std::mutex> lock(mu_);
+  return EndIterationLocked(merge, graph::kEntry);
+}
+
+bool Recorder::EndPartialIteration(graph::NodeIndex after) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return EndIterationLocked(true, after);
+}
+
+bool Recorder::EndIterationLocked(bool merge, graph::NodeIndex after) {
   overflowed_ = false;
-  epoch_.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t seq = NextSequenceNr();
-  // Backward functions created before the previous boundary can no longer
-  // run in this program's usual shape; forget them so the map stays small.
-  for (auto it = forward_of_seq_.begin(); it != forward_of_seq_.end();) {
-    it = it->first < seq_at_previous_end_ ? forward_of_seq_.erase(it) : std::next(it);
-  }
-  seq_at_previous_end_ = seq;
-  if (trace_.size() == 0 || !merge) {
+  locator_->StartIteration();
+  if ((trace_.size() == 0 && after == graph::kEntry) || !merge) {
     if (!merge) stats_.prologue_ops += trace_.size();
     stats_.ops_in_current = 0;
     trace_ = graph::Trace();
@@ -341,7 +306,7 @@ bool Recorder::EndIteration(bool merge) {
     return false;
   }
   const size_t nodes_before = graph_.NodeCount();
-  const bool changed = graph_.AddTrace(trace_);
+  const bool changed = graph_.AddTrace(trace_, after);
   if (stats_.iterations > 0) {
     for (size_t i = nodes_before; i < graph_.NodeCount(); ++i) {
       const uint64_t n = ++new_variants_[graph::VariantKey(graph_.nodes()[i].identity)];

@@ -48,6 +48,7 @@
 #include "graph/trace.h"
 #include "graph/trace_graph.h"
 #include "runtime/interception.h"
+#include "runtime/op_locator.h"
 #include "runtime/tracing_types.h"
 #include "runtime/value_table.h"
 
@@ -59,9 +60,12 @@ class Recorder final : public OpObserver {
   // boundary would otherwise grow its trace without bound.
   static constexpr uint32_t kDefaultMaxOpsPerIteration = 1u << 20;
 
-  // `locations` is not owned and must outlive the recorder.
+  // `locations` is not owned and must outlive the recorder. With `shared`
+  // (not owned), the recorder locates ops with that OpLocator, shared with a
+  // co-executor, instead of one of its own.
   explicit Recorder(LocationSource* locations,
-                    uint32_t max_ops_per_iteration = kDefaultMaxOpsPerIteration);
+                    uint32_t max_ops_per_iteration = kDefaultMaxOpsPerIteration,
+                    OpLocator* shared = nullptr);
   ~Recorder() override;
   Recorder(const Recorder&) = delete;
   Recorder& operator=(const Recorder&) = delete;
@@ -82,6 +86,10 @@ class Recorder final : public OpObserver {
   // boundary) the trace was dropped when it overflowed and recording resumes
   // here.
   bool EndIteration(bool merge = true);
+  // Ends a partial iteration: one recorded from the middle of an iteration on
+  // (after co-execution diverged there), merged as a path that continues
+  // after graph node `after`.
+  bool EndPartialIteration(graph::NodeIndex after);
 
   // TraceGraph().IsStable(k), without the copy.
   bool IsStable(uint64_t k) const;
@@ -91,7 +99,7 @@ class Recorder final : public OpObserver {
   RecorderStats Stats() const;
   std::vector<SyncSummary> Syncs() const;
 
-  LocationSource& locations() { return *locations_; }
+  OpLocator& locator() { return *locator_; }
 
  private:
   struct OpInfo;
@@ -101,22 +109,19 @@ class Recorder final : public OpObserver {
   void Track(const at::Tensor& tensor, graph::ValueRef ref);  // mu_ held
   void AddSyncLocked(graph::ValueRef value, const graph::Location& location, const std::string& op);
 
+  bool EndIterationLocked(bool merge, graph::NodeIndex after);
+
   LocationSource* locations_;
+  std::unique_ptr<OpLocator> own_locator_;
+  OpLocator* locator_;
   const uint32_t max_ops_per_iteration_;
   mutable std::mutex mu_;
-  bool overflowed_ = false;
-  // Counts EndIteration calls; a thread's ordinal run never spans a boundary.
-  std::atomic<uint64_t> epoch_{0};  // the current iteration passed the op limit; ops are ignored
+  bool overflowed_ = false;  // the current iteration passed the op limit; ops are ignored
   graph::Trace trace_;
   graph::TraceGraph graph_;
   std::unordered_map<const c10::OperatorName*, std::unique_ptr<OpInfo>> ops_;
   ValueTable values_;
   uint32_t next_input_ = 0;
-  // Autograd sequence number of a backward function -> structural hash of
-  // the forward node it belongs to. Entries older than the previous iteration
-  // are dropped at EndIteration.
-  std::unordered_map<uint64_t, uint64_t> forward_of_seq_;
-  uint64_t seq_at_previous_end_ = 0;
   std::unordered_map<uint64_t, uint64_t> new_variants_;  // VariantKey -> variants added late
   std::vector<SyncSummary> syncs_;
   std::unordered_map<uint64_t, size_t> sync_index_;  // hash of (location, op) -> syncs_ index

@@ -1,11 +1,15 @@
 #include "runtime/validator.h"
 
-#include "runtime/autograd_context.h"
 
 namespace terra::runtime {
 
 Validator::Validator(const graph::TraceGraph* graph, LocationSource* locations)
-    : graph_(graph), locations_(locations) {
+    : graph_(graph), own_locator_(std::make_unique<OpLocator>(locations)), locator_(own_locator_.get()) {
+  for (graph::NodeIndex i = 0; i < graph->NodeCount(); ++i) by_hash_.emplace(graph->node(i).hash, i);
+}
+
+Validator::Validator(const graph::TraceGraph* graph, OpLocator* locator)
+    : graph_(graph), locator_(locator) {
   for (graph::NodeIndex i = 0; i < graph->NodeCount(); ++i) by_hash_.emplace(graph->node(i).hash, i);
 }
 
@@ -22,8 +26,7 @@ const Validator::OpInfo& Validator::InfoFor(const c10::OperatorHandle& op) {
 
 void Validator::StartIteration() {
   position_ = graph::kEntry;
-  last_hash_ = 0;
-  ordinals_.Reset();
+  locator_->StartIteration();
 }
 
 bool Validator::AtIterationEnd() const {
@@ -34,57 +37,33 @@ bool Validator::AtIterationEnd() const {
 }
 
 Validator::Outcome Validator::Check(const c10::OperatorHandle& op,
-                                    c10::ArrayRef<c10::IValue> inputs) {
+                                    c10::ArrayRef<c10::IValue> inputs, bool commit_mismatch) {
   // The same steps, in the same order, as Recorder::OnOp.
-  const BackwardContext backward = CurrentBackward();
-  bool maps_sequence = false;
-  uint64_t sequence_nr = 0;
-  if (!backward.active) {
-    locations_->CurrentFrames(&frames_);
-    const uint64_t next = NextSequenceNr();
-    if (next != last_sequence_nr_) {
-      if (next > 0) {
-        maps_sequence = true;
-        sequence_nr = next - 1;
-      }
-      last_sequence_nr_ = next;
-    }
-  }
+  OpSite site = locator_->Observe();
   const OpInfo& info = InfoFor(op);
   if (info.ignored) {
     ++stats_.ignored;
     return Outcome::kIgnored;
   }
-  uint64_t backward_of = 0;
-  if (backward.active) {
-    if (backward.has_forward) {
-      auto it = forward_of_seq_.find(backward.sequence_nr);
-      if (it != forward_of_seq_.end()) backward_of = it->second;
-    }
-    if (backward_of == 0) {
-      backward_of = backward.kind ^ (last_hash_ * graph::Fnv1aWriter::kPrime);
-      if (backward_of == 0) backward_of = 1;
-    }
-    frames_.clear();
-  }
-  const uint32_t ordinal = ordinals_.Next(frames_, backward_of);
-
+  locator_->Locate(site);
   args_.Clear();
   tensors_.clear();
   EncodeArguments(inputs, info.policy, args_, [&](const at::Tensor& t) { tensors_.push_back(t); });
-  const uint64_t hash = IdentityHash(info.name_state, args_.bytes(), tensors_, frames_, backward_of, ordinal);
-  last_hash_ = hash;
-  if (maps_sequence) forward_of_seq_[sequence_nr] = hash;
+  const uint64_t hash = IdentityHash(info.name_state, args_.bytes(), tensors_, *site.frames,
+                                     site.backward_of, site.ordinal);
+  tensors_.clear();  // holding them would raise use counts autograd decides by
 
   last_position_ = position_;
   for (const graph::Edge& e : graph_->Successors(position_)) {
     if (e.to != graph::kExit && graph_->node(e.to).hash == hash) {
       position_ = e.to;
+      locator_->Commit(site, hash);
       ++stats_.matched;
       return Outcome::kMatched;
     }
   }
   ++stats_.diverged;
+  if (commit_mismatch) locator_->Commit(site, hash);
   auto it = by_hash_.find(hash);
   position_ = it != by_hash_.end() ? it->second : graph::kEntry;
   return Outcome::kDiverged;

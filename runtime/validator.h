@@ -12,10 +12,10 @@
 // operator, the argument bytes into a reused buffer, and a few compares; no
 // allocation once warm, no lock (one validator per thread).
 //
-// A match advances the position. A mismatch is a divergence: co-execution
-// will drain and fall back there (issue #4); here it is counted, and the
-// position moves to the node with that hash if the graph has one, else to the
-// iteration's start.
+// A match advances the position and commits the op's location (OpLocator).
+// A mismatch is a divergence: nothing is committed, so a recorder sharing the
+// locator can record the op itself; the position moves to the node with that
+// hash if the graph has one, else to the iteration's start.
 //
 // Threading: one thread (the program's); ops the autograd engine runs on
 // other threads are not validated. The graph must outlive the validator and
@@ -32,6 +32,7 @@
 #include "graph/trace_graph.h"
 #include "runtime/interception.h"
 #include "runtime/op_arguments.h"
+#include "runtime/op_locator.h"
 #include "runtime/tracing_types.h"
 
 namespace terra::runtime {
@@ -44,23 +45,27 @@ struct ValidatorStats {
 
 class Validator final : public OpObserver {
  public:
+  // With a locator of its own, or one shared with a recorder (`locator`, not
+  // owned) so that recording can continue where validation stopped.
   Validator(const graph::TraceGraph* graph, LocationSource* locations);
+  Validator(const graph::TraceGraph* graph, OpLocator* locator);
 
   void OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) override {
-    (void)Check(op, inputs);
+    (void)Check(op, inputs, /*commit_mismatch=*/true);
   }
 
   enum class Outcome { kMatched, kDiverged, kIgnored };
-  // Validates one op: kMatched moves position() to its node.
-  Outcome Check(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs);
+  // Validates one op: kMatched moves position() to its node. A mismatch is
+  // committed to the locator only with `commit_mismatch` (a co-executor
+  // leaves it to the recorder that takes over).
+  Outcome Check(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs,
+                bool commit_mismatch = true);
 
   // The program starts a new iteration: expect the graph's first ops.
   void StartIteration();
   // Whether the iteration may end here (the current node leads to kExit).
   bool AtIterationEnd() const;
 
-  // The identity hash of the last op seen, and where the validator stands.
-  uint64_t last_hash() const { return last_hash_; }
   graph::NodeIndex position() const { return position_; }
   // Where the validator stood before the last op (for messages).
   graph::NodeIndex last_position() const { return last_position_; }
@@ -75,19 +80,15 @@ class Validator final : public OpObserver {
   const OpInfo& InfoFor(const c10::OperatorHandle& op);
 
   const graph::TraceGraph* graph_;
-  LocationSource* locations_;
+  std::unique_ptr<OpLocator> own_locator_;
+  OpLocator* locator_;
   std::unordered_map<const c10::OperatorName*, OpInfo> ops_;
   std::unordered_map<uint64_t, graph::NodeIndex> by_hash_;
-  std::unordered_map<uint64_t, uint64_t> forward_of_seq_;
   graph::NodeIndex position_ = graph::kEntry;
   graph::NodeIndex last_position_ = graph::kEntry;
-  uint64_t last_hash_ = 0;
-  uint64_t last_sequence_nr_ = 0;
   // Reused buffers.
-  std::vector<graph::Frame> frames_;
   std::vector<at::Tensor> tensors_;
   graph::ArgsEncoder args_;
-  OrdinalTracker ordinals_;
   ValidatorStats stats_;
 };
 

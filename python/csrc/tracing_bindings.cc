@@ -32,7 +32,9 @@ namespace {
 class Tracer {
  public:
   Tracer(std::vector<std::string> library_prefixes, std::string cwd, uint32_t max_ops)
-      : frames_(std::move(library_prefixes), std::move(cwd)), recorder_(&frames_, max_ops) {}
+      : frames_(std::move(library_prefixes), std::move(cwd)),
+        locator_(&frames_),
+        recorder_(&frames_, max_ops, &locator_) {}
 
   ~Tracer() { Stop(); }
 
@@ -133,11 +135,21 @@ class Tracer {
     runtime::SetFallbackObserver(nullptr);
     runtime::DisableInterception();
     coexec_graph_ = std::make_unique<graph::TraceGraph>(recorder_.Graph());
-    coexec_ = std::make_unique<runtime::CoExecutor>(coexec_graph_.get(), &frames_, synchronous);
+    coexec_ = std::make_unique<runtime::CoExecutor>(coexec_graph_.get(), &locator_, &recorder_,
+                                                    synchronous);
+    synchronous_ = synchronous;
     runtime::EnableInterception(coexec_.get());
   }
 
-  bool CoexecIteration() { return coexec_ ? coexec_->EndIteration() : true; }
+  // "followed" or "learned" (the iteration took a new path, now merged;
+  // co-execution restarts on the grown graph).
+  std::string CoexecIteration() {
+    if (!coexec_) return "followed";
+    if (coexec_->EndIteration() == runtime::CoExecutor::Boundary::kFollowed) return "followed";
+    CoexecStop();
+    CoexecStart(synchronous_);
+    return "learned";
+  }
 
   void CoexecFetch() {
     if (coexec_) coexec_->Fetch();
@@ -213,7 +225,9 @@ class Tracer {
 
  private:
   PythonFrames frames_;
+  runtime::OpLocator locator_;  // shared by the recorder and the co-executor
   runtime::Recorder recorder_;
+  bool synchronous_ = false;
   std::unique_ptr<graph::TraceGraph> validated_graph_;
   std::unique_ptr<runtime::Validator> validator_;
   std::unique_ptr<graph::TraceGraph> coexec_graph_;

@@ -137,13 +137,10 @@ class _Session:
         self.boundaries += 1
         if self.phase == "coexec":
             self.coexec_iterations += 1
-            if not self.tracer.coexec_iteration():
-                # The iteration left the TraceGraph and finished eagerly: trace
-                # the next one, and come back once the graph is stable again.
+            if self.tracer.coexec_iteration() == "learned":
+                # The iteration left the TraceGraph and finished eagerly while
+                # its new path was recorded; co-execution goes on with it.
                 self.fallbacks += 1
-                self.tracer.coexec_stop()
-                self.phase = "trace"
-                self.tracer.start()
             return
         self.tracer.end_iteration(merge)
         if not self.tracer.is_stable(self.stable_after):

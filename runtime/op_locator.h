@@ -1,0 +1,80 @@
+// Where an op comes from (graph::Location), by one set of rules for the
+// recorder and the validator, so that both give the same op the same
+// identity, and recording can take over from co-execution in the middle of an
+// iteration (a fallback) without a seam.
+//
+// The rules (docs/tracing.md): a forward op is located by the Python frames
+// of its thread; a backward op by the forward node that created its backward
+// function (autograd's per-thread sequence numbers, mapped to node hashes as
+// forward ops are identified); AccumulateGrad by the leaf it accumulates into
+// (numbered in first-seen order, for the locator's life); any other backward
+// function with no forward op by its type and the op identified before it.
+// Consecutive ops from one location get increasing ordinals; ordinals restart
+// with each iteration.
+//
+// Protocol per op: Observe (outside any lock: it reads the frames, which may
+// take the GIL), then Locate (the location, nothing changed yet), then, once
+// the op is accepted as a node, Commit with its identity hash. An op that is
+// not committed (a validator's mismatch, an ignored op) leaves no trace, so
+// another observer can locate it again.
+// Threading: Observe on the op's thread; Locate, Commit and StartIteration
+// under the owner's lock (the recorder's mutex, or the one co-executing
+// thread). The frame scratch is per thread.
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+
+#include <c10/core/TensorImpl.h>
+#include <vector>
+
+#include "graph/node.h"
+#include "runtime/autograd_context.h"
+#include "runtime/op_arguments.h"
+#include "runtime/tracing_types.h"
+
+namespace terra::runtime {
+
+struct OpSite {
+  BackwardContext backward;
+  const std::vector<graph::Frame>* frames = nullptr;  // the thread's scratch; empty for backward ops
+  uint64_t next_sequence_nr = 0;
+  bool maps_sequence = false;  // this op created the backward function sequence_nr
+  uint64_t sequence_nr = 0;
+  // Filled by Locate:
+  uint64_t backward_of = 0;
+  uint32_t ordinal = 0;
+};
+
+class OpLocator {
+ public:
+  explicit OpLocator(LocationSource* source) : source_(source) {}
+
+  LocationSource& source() { return *source_; }
+
+  OpSite Observe();
+  void Locate(OpSite& site);
+  void Commit(const OpSite& site, uint64_t hash);
+  // A new iteration: ordinals restart; sequence numbers older than the
+  // previous iteration are forgotten.
+  void StartIteration();
+
+  uint64_t last_hash() const { return last_hash_; }
+
+ private:
+  LocationSource* source_;
+  std::unordered_map<uint64_t, uint64_t> forward_of_seq_;
+  // Leaves AccumulateGrad writes, numbered in first-seen order; the weak
+  // references keep an address from naming another tensor later.
+  struct Leaf {
+    uint64_t number;
+    c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> keep;
+  };
+  std::unordered_map<const void*, Leaf> leaves_;
+  uint64_t last_hash_ = 0;
+  uint64_t last_sequence_nr_ = 0;
+  uint64_t seq_at_previous_start_ = 0;
+  OrdinalTracker ordinals_;
+};
+
+}  // namespace terra::runtime
