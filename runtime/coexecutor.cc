@@ -27,8 +27,11 @@ bool MetadataMutating(const std::string& name) {
 }  // namespace
 
 CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recorder* recorder,
-                       bool synchronous)
-    : graph_(graph), recorder_(recorder), validator_(graph, locator), executor_(synchronous) {}
+                       bool synchronous, WaitWrapper around_wait)
+    : graph_(graph),
+      recorder_(recorder),
+      validator_(graph, locator),
+      executor_(synchronous, std::move(around_wait)) {}
 
 CoExecutor::~CoExecutor() {
   try {
@@ -191,7 +194,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     case Kind::kInPlace: {
       torch::jit::Stack results;
       for (int arg : kind.returned_args) results.push_back(inputs[static_cast<size_t>(arg)]);
-      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), {}, {}};
+      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), {}, {}, &node.identity.location};
       torch::jit::drop(*stack, num_args);
       for (c10::IValue& r : results) stack->push_back(std::move(r));
       executor_.Submit(std::move(work));
@@ -210,7 +213,8 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
         outputs.push_back(FutureOutput{
             futures.back().storage().getWeakStorageImpl(), &m});
       }
-      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), std::move(outputs), {}};
+      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), std::move(outputs), {},
+                &node.identity.location};
       torch::jit::drop(*stack, num_args);
       if (kind.list_return) {
         stack->push_back(c10::IValue(c10::List<at::Tensor>(futures)));

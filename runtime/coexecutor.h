@@ -50,7 +50,7 @@ class CoExecutor final : public OpObserver {
   // `locator` and `recorder` (shared with the recorder, not owned) take over
   // after a divergence.
   CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recorder* recorder,
-             bool synchronous);
+             bool synchronous, WaitWrapper around_wait = {});
   ~CoExecutor() override;
 
   bool TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stack) override;

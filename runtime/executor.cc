@@ -20,6 +20,12 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+std::string Where(const Work& work) {
+  std::string where = work.where;
+  if (where.empty() && work.location != nullptr) where = graph::ShortLocation(*work.location);
+  return work.op.operator_name().name + " issued at " + where;
+}
+
 }  // namespace
 
 at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
@@ -30,14 +36,23 @@ at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::Sca
   return t;
 }
 
-Executor::Executor(bool synchronous) : synchronous_(synchronous) {
+Executor::Executor(bool synchronous, WaitWrapper around_wait)
+    : synchronous_(synchronous), around_wait_(std::move(around_wait)) {
   if (!synchronous_) thread_ = std::thread([this] { Loop(); });
 }
 
 Executor::~Executor() {
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+    std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+    auto wait = [&] {
+      lock.lock();
+      drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+    };
+    if (around_wait_) {
+      around_wait_(wait);
+    } else {
+      wait();
+    }
     stop_ = true;
   }
   has_work_.notify_all();
@@ -52,7 +67,7 @@ void Executor::Submit(Work work) {
       Run(work);
     } catch (...) {
       error_ = std::current_exception();
-      error_where_ = work.where + " (" + work.op.operator_name().name + ")";
+      error_where_ = Where(work);
       Drain();  // throws now: the error surfaces at the issuing line
     }
     return;
@@ -66,8 +81,16 @@ void Executor::Submit(Work work) {
 
 void Executor::Drain() {
   const double start = Now();
-  std::unique_lock<std::mutex> lock(mu_);
-  drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  auto wait = [&] {
+    lock.lock();
+    drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+  };
+  if (around_wait_) {
+    around_wait_(wait);
+  } else {
+    wait();
+  }
   drain_wait_s_ += Now() - start;
   if (error_) {
     std::exception_ptr error = std::exchange(error_, nullptr);
@@ -76,7 +99,7 @@ void Executor::Drain() {
     try {
       std::rethrow_exception(error);
     } catch (const std::exception& e) {
-      TERRA_CHECK(false, "an operation co-executed for ", where, " failed: ", e.what());
+      TERRA_CHECK(false, "the co-executed operation ", where, " failed: ", e.what());
     }
   }
 }
@@ -106,12 +129,12 @@ void Executor::Loop() {
       }
     }
     const double took = Now() - start;
-    work = Work{work.op, {}, {}, std::move(work.where)};  // drop references outside the lock
+    work = Work{work.op, {}, {}, std::move(work.where), work.location};  // drop references outside the lock
     lock.lock();
     busy_s_ += took;
     if (failure && !error_) {
       error_ = failure;
-      error_where_ = work.where + " (" + work.op.operator_name().name + ")";
+      error_where_ = Where(work);
     }
     running_ = false;
     if (queue_.empty()) drained_.notify_all();

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -52,6 +53,7 @@ struct Work {
   torch::jit::Stack inputs;
   std::vector<FutureOutput> futures;  // one per tensor the op returns, in order
   std::string where;                  // the issuing program location, for errors
+  const graph::Location* location = nullptr;  // or this (owned by the graph), named on failure
 };
 
 // A tensor with `like`'s metadata whose storage is allocated but not filled,
@@ -60,9 +62,15 @@ struct Work {
 at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
                       c10::Device device);
 
+// Runs a blocking wait of the program's thread. The Python layer wraps waits
+// so that they release the GIL: the executor thread may need it, since
+// dropping the last reference to a tensor that Python ever saw decrefs its
+// PyObject. Empty: wait as is.
+using WaitWrapper = std::function<void(const std::function<void()>& wait)>;
+
 class Executor {
  public:
-  explicit Executor(bool synchronous = false);
+  explicit Executor(bool synchronous = false, WaitWrapper around_wait = {});
   ~Executor();
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
@@ -81,6 +89,7 @@ class Executor {
   void Run(Work& work);  // on the executor thread (or the caller, synchronous)
 
   const bool synchronous_;
+  const WaitWrapper around_wait_;
   std::mutex mu_;
   std::condition_variable has_work_;
   std::condition_variable drained_;

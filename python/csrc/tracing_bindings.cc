@@ -25,6 +25,17 @@ namespace py = pybind11;
 namespace terra::python {
 namespace {
 
+// A wait of the program's thread, with the GIL released if the thread holds
+// it: the executor thread may need the GIL to drop a tensor's last reference.
+void WaitWithoutGil(const std::function<void()>& wait) {
+  if (Py_IsInitialized() && PyGILState_Check()) {
+    py::gil_scoped_release no_gil;
+    wait();
+  } else {
+    wait();
+  }
+}
+
 // Threading: start/stop act on the calling thread (interception is per
 // thread); the recorder also observes autograd's device threads through the
 // fallback observer while started. The Python side keeps the tracer alive
@@ -136,7 +147,7 @@ class Tracer {
     runtime::DisableInterception();
     coexec_graph_ = std::make_unique<graph::TraceGraph>(recorder_.Graph());
     coexec_ = std::make_unique<runtime::CoExecutor>(coexec_graph_.get(), &locator_, &recorder_,
-                                                    synchronous);
+                                                    synchronous, &WaitWithoutGil);
     synchronous_ = synchronous;
     runtime::EnableInterception(coexec_.get());
   }
