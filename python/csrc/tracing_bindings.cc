@@ -272,6 +272,9 @@ void BindTracing(py::module_& m) {
           "is_stable",
           [](Tracer& t, uint64_t k) { return t.recorder().IsStable(k); }, py::arg("k"))
       .def("stats", &Tracer::Stats)
+      .def(
+          "traced_iterations", [](Tracer& t) { return t.recorder().Stats().iterations; },
+          "Iterations merged so far.")
       .def("report", &Tracer::Report, py::arg("mode"), py::arg("stable_after"), py::arg("rank"))
       .def("dot", &Tracer::Dot)
       .def("validate_start", &Tracer::ValidateStart,

@@ -39,6 +39,10 @@ from terra import _C, _sync
 
 MODES = ("eager", "trace", "auto", "coexec")
 DEFAULT_STABLE_AFTER = 3
+# auto and coexec: traced iterations after which a TraceGraph that is still
+# not stable is given up on (tracing costs more than eager; the rest runs
+# eagerly). TERRA_GIVE_UP_AFTER overrides it.
+DEFAULT_GIVE_UP_AFTER = 20
 
 
 def _library_prefixes():
@@ -66,6 +70,7 @@ class _Session:
         self.boundaries = 0
         self.stopped_reason = None
         self.phase = "trace"  # or "coexec"
+        self.give_up_after = int(os.environ.get("TERRA_GIVE_UP_AFTER", DEFAULT_GIVE_UP_AFTER))
         self.synchronous = False  # debug mode: the executor runs each op at once
         self.coexec_iterations = 0
         self.fallbacks = 0
@@ -144,6 +149,9 @@ class _Session:
             return
         self.tracer.end_iteration(merge)
         if not self.tracer.is_stable(self.stable_after):
+            traced = self.tracer.traced_iterations() if merge else 0
+            if self.mode in ("auto", "coexec") and traced >= self.give_up_after:
+                self._stop("unstable")
             return
         if self.mode == "auto":
             self._stop("stable")
@@ -158,6 +166,9 @@ class _Session:
         if self.stopped_reason == "stable":
             text += (f"  tracing stopped after the TraceGraph was unchanged for {self.stable_after} "
                      "iterations; the rest ran eagerly\n")
+        elif self.stopped_reason == "unstable":
+            text += (f"  tracing stopped: the TraceGraph was still changing after {self.give_up_after} "
+                     "iterations (new shapes or paths every iteration); the rest ran eagerly\n")
         elif self.stopped_reason == "disabled":
             text += "  tracing was stopped by terra.disable()\n"
         if self.mode == "coexec":
