@@ -43,20 +43,25 @@ Executor::Executor(bool synchronous, WaitWrapper around_wait)
 
 Executor::~Executor() {
   {
-    std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
-    auto wait = [&] {
-      lock.lock();
-      drained_.wait(lock, [this] { return queue_.empty() && !running_; });
-    };
-    if (around_wait_) {
-      around_wait_(wait);
-    } else {
-      wait();
-    }
+    std::unique_lock<std::mutex> lock = WaitUntilIdle();
     stop_ = true;
   }
   has_work_.notify_all();
   if (thread_.joinable()) thread_.join();
+}
+
+std::unique_lock<std::mutex> Executor::WaitUntilIdle() {
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  auto wait = [&] {
+    lock.lock();
+    drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+  };
+  if (around_wait_) {
+    around_wait_(wait);
+  } else {
+    wait();
+  }
+  return lock;
 }
 
 void Executor::Submit(Work work) {
@@ -81,16 +86,7 @@ void Executor::Submit(Work work) {
 
 void Executor::Drain() {
   const double start = Now();
-  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
-  auto wait = [&] {
-    lock.lock();
-    drained_.wait(lock, [this] { return queue_.empty() && !running_; });
-  };
-  if (around_wait_) {
-    around_wait_(wait);
-  } else {
-    wait();
-  }
+  std::unique_lock<std::mutex> lock = WaitUntilIdle();
   drain_wait_s_ += Now() - start;
   if (error_) {
     std::exception_ptr error = std::exchange(error_, nullptr);

@@ -85,6 +85,9 @@ class Executor {
   double busy_seconds() const;
 
  private:
+  // Blocks (through around_wait_) until the queue is empty and no Work runs;
+  // returns holding mu_.
+  std::unique_lock<std::mutex> WaitUntilIdle();
   void Loop();
   void Run(Work& work);  // on the executor thread (or the caller, synchronous)
 
