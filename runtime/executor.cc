@@ -1,6 +1,8 @@
 #include "runtime/executor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <chrono>
@@ -30,9 +32,18 @@ std::string Where(const Work& work) {
 
 at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
                       c10::Device device) {
-  at::Tensor t = at::empty_strided(sizes, strides, at::TensorOptions().dtype(dtype).device(device));
-  t.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl()
-      ->release_data_and_set_meta_custom_data_ptr_error_msg_(kNotReady);
+  // No memory yet: the executor moves the result's allocation in (or
+  // allocates and copies when the layouts differ).
+  const size_t nbytes = at::detail::computeStorageNbytes(sizes, strides, c10::elementSize(dtype));
+  auto storage = c10::make_intrusive<c10::StorageImpl>(
+      c10::StorageImpl::use_byte_size_t(), c10::SymInt(static_cast<int64_t>(nbytes)),
+      c10::DataPtr(nullptr, device), c10::GetAllocator(device.type()), /*resizable=*/false);
+  storage->release_data_and_set_meta_custom_data_ptr_error_msg_(kNotReady);
+  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(
+      c10::Storage(std::move(storage)),
+      c10::DispatchKeySet(c10::computeDispatchKey(dtype, c10::kStrided, device)),
+      c10::scalarTypeToTypeMeta(dtype));
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides);
   return t;
 }
 
@@ -144,20 +155,32 @@ void Executor::Run(Work& work) {
   work.op.callBoxed(&stack);
   size_t k = 0;
   for (const c10::IValue& v : stack) {
-    auto fill = [&](const at::Tensor& result) {
+    // `own_refs`: references to `result` the stack (and a list's element
+    // copy) account for; any more and someone else sees it, so no stealing.
+    auto fill = [&](const at::Tensor& result, size_t own_refs) {
       if (k >= work.futures.size()) return;
       FutureOutput& out = work.futures[k++];
       c10::intrusive_ptr<c10::StorageImpl> storage = out.storage.lock();
       if (!storage) return;  // the program no longer holds this output
       storage->clear_data_ptr_access_error_msg_();
+      c10::StorageImpl* source = result.storage().unsafeGetStorageImpl();
+      const bool same_layout = result.sizes().equals(out.meta->sizes) &&
+                               result.strides().equals(out.meta->strides) &&
+                               result.storage_offset() == 0 && source->nbytes() == storage->nbytes();
+      if (same_layout && result.storage().use_count() == 1 && result.use_count() <= own_refs) {
+        // The result is a fresh allocation nobody else sees: move it in.
+        storage->set_data_ptr_noswap(std::move(source->mutable_data_ptr()));
+        return;
+      }
+      storage->set_data_ptr_noswap(storage->allocator()->allocate(storage->nbytes()));
       at::Tensor target = at::empty({0}, result.options());
       target.set_(c10::Storage(std::move(storage)), 0, out.meta->sizes, out.meta->strides);
       target.copy_(result);
     };
     if (v.isTensor()) {
-      fill(v.toTensor());
+      fill(v.toTensor(), 1);
     } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorList()) fill(t);
+      for (const at::Tensor& t : v.toTensorList()) fill(t, 2);
     }
   }
   TERRA_INTERNAL_CHECK(k == work.futures.size(), work.op.operator_name().name, " returned ", k,
