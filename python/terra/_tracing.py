@@ -196,7 +196,8 @@ _session = None
 _finished = []  # sessions that were disabled; kept so their tracers outlive any thread using them
 
 
-def enable(mode="trace", *, stable_after=DEFAULT_STABLE_AFTER, report=False, dot=None, rank=None):
+def enable(mode="trace", *, stable_after=DEFAULT_STABLE_AFTER, report=False, dot=None, rank=None,
+           synchronous=False):
     """Starts tracing the calling thread's ATen ops (see the module docstring).
 
     mode: "trace" (record for the whole run), "auto" (record until the
@@ -204,7 +205,9 @@ def enable(mode="trace", *, stable_after=DEFAULT_STABLE_AFTER, report=False, dot
     (experimental: record until stable, then co-execute) or "eager" (do
     nothing). report: print ``terra.report()`` to stderr at exit (rank 0
     only). dot: write the TraceGraph as Graphviz DOT to this path at exit
-    (rank 0 only).
+    (rank 0 only). synchronous (debug mode, with "coexec"): the executor
+    runs each op as soon as it is validated, so an error surfaces at the
+    Python line that issued the op.
     Results are never changed: every op still runs eagerly, bit for bit.
     """
     global _session
@@ -220,6 +223,7 @@ def enable(mode="trace", *, stable_after=DEFAULT_STABLE_AFTER, report=False, dot
     if rank is None:
         rank = int(os.environ.get("RANK", "0") or 0)
     _session = _Session(mode, stable_after, report, dot, rank)
+    _session.synchronous = bool(synchronous)
     atexit.register(_exit_hook, _session)
 
 
@@ -289,6 +293,10 @@ def _start_from_environment():
     mode = os.environ.get("TERRA_MODE", "auto") or "auto"
     if mode not in MODES:
         raise ValueError(f"TERRA_MODE={mode!r}: expected one of {', '.join(MODES)}")
-    report = os.environ.get("TERRA_REPORT", "0") == "1" or os.environ.get("TERRA_DEBUG", "0") == "1"
+    debug = os.environ.get("TERRA_DEBUG", "0") == "1"
+    report = os.environ.get("TERRA_REPORT", "0") == "1" or debug
+    if debug and mode == "auto":
+        mode = "coexec"  # --debug: co-execute with a synchronous executor (design.md §9)
     stable_after = int(os.environ.get("TERRA_STABLE_AFTER", DEFAULT_STABLE_AFTER))
-    enable(mode, stable_after=stable_after, report=report, dot=os.environ.get("TERRA_DOT") or None)
+    enable(mode, stable_after=stable_after, report=report, dot=os.environ.get("TERRA_DOT") or None,
+           synchronous=debug)

@@ -201,3 +201,40 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     assert result["same"], result
     assert result["coexec"]["iterations"] > 0, result
     assert result["coexec"]["submitted"] > 0, result
+
+
+FAILS_LATE = '''
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+table = torch.randn(10, 4)
+for i in range(12):
+    idx = torch.tensor([0, 1]) if i < 9 else torch.tensor([0, 99])  # same shape, bad value at 9
+    x = table.index_select(0, idx)  # <select>
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print("iter", i, loss.item(), flush=True)
+'''
+
+
+def test_debug_mode_reports_a_failing_op_at_its_line(tmp_path):
+    # terrarun --debug co-executes with a synchronous executor: an op that
+    # fails in the executor raises at the Python line that issued it, and
+    # the report still comes out.
+    prog = tmp_path / "prog.py"
+    prog.write_text(FAILS_LATE)
+    line = next(i + 1 for i, text in enumerate(FAILS_LATE.splitlines()) if "<select>" in text)
+    proc = subprocess.run(["terrarun", "--debug", str(prog)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    assert "iter 8" in proc.stdout and "iter 9" not in proc.stdout, proc.stdout
+    assert f'prog.py", line {line}' in proc.stderr, proc.stderr[-3000:]
+    assert "index" in proc.stderr and "out of range" in proc.stderr, proc.stderr[-3000:]
+    assert "co-execution:" in proc.stderr, proc.stderr[-3000:]
+    found = COEXEC_LINE.search(proc.stderr)
+    assert found and int(found.group(1)) > 0, proc.stderr[-3000:]
