@@ -99,25 +99,19 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
 }
 
 void CoExecutor::Diverge(const c10::OperatorHandle& op) {
-  if (stats_.first_divergence.empty()) {
+  const bool debug = std::getenv("TERRA_DEBUG_DIVERGENCE") != nullptr;
+  if (stats_.first_divergence.empty() || debug) {
+    // What the graph expected instead, for the report (and the debug line).
     std::string expected;
     for (const graph::Edge& e : graph_->Successors(validator_.last_position())) {
       expected += e.to == graph::kExit ? std::string(" end-of-iteration")
                                        : " " + graph::QualifiedName(graph_->node(e.to).identity) + "@" +
                                              graph::ShortLocation(graph_->node(e.to).identity.location);
     }
-    stats_.first_divergence = op.operator_name().name + "." + op.operator_name().overload_name +
-                              " where the graph expected:" + expected;
-  }
-  if (std::getenv("TERRA_DEBUG_DIVERGENCE") != nullptr) {
-    std::string expected;
-    for (const graph::Edge& e : graph_->Successors(validator_.last_position())) {
-      expected += e.to == graph::kExit ? std::string(" end")
-                                       : " " + graph::QualifiedName(graph_->node(e.to).identity) + "@" +
-                                             graph::ShortLocation(graph_->node(e.to).identity.location);
-    }
-    std::fprintf(stderr, "terra: divergence at %s.%s (expected%s)\n", op.operator_name().name.c_str(),
-                 op.operator_name().overload_name.c_str(), expected.c_str());
+    const std::string what = op.operator_name().name + "." + op.operator_name().overload_name +
+                             " where the graph expected:" + expected;
+    if (stats_.first_divergence.empty()) stats_.first_divergence = what;
+    if (debug) std::fprintf(stderr, "terra: divergence at %s\n", what.c_str());
   }
   ++stats_.divergences;
   diverged_ = true;

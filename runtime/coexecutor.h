@@ -30,7 +30,6 @@
 #include "runtime/executor.h"
 #include "runtime/interception.h"
 #include "runtime/recorder.h"
-#include "runtime/tracing_types.h"
 #include "runtime/validator.h"
 
 namespace terra::runtime {
@@ -41,6 +40,16 @@ struct CoExecutionStats {
   uint64_t fetches = 0;    // drains before a value read
   uint64_t divergences = 0;
   std::string first_divergence;  // the op that left the graph first, and what was expected
+
+  // Adds another run's counts (first_divergence: the earlier one stays).
+  CoExecutionStats& operator+=(const CoExecutionStats& other) {
+    submitted += other.submitted;
+    eager += other.eager;
+    fetches += other.fetches;
+    divergences += other.divergences;
+    if (first_divergence.empty()) first_divergence = other.first_divergence;
+    return *this;
+  }
 };
 
 class CoExecutor final : public OpObserver {

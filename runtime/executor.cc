@@ -112,7 +112,7 @@ void Executor::Drain() {
 }
 
 double Executor::busy_seconds() const {
-  std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(mu_));
+  std::lock_guard<std::mutex> lock(mu_);
   return busy_s_;
 }
 

@@ -93,7 +93,7 @@ class Executor {
 
   const bool synchronous_;
   const WaitWrapper around_wait_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable has_work_;
   std::condition_variable drained_;
   std::deque<Work> queue_;

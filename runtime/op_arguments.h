@@ -7,12 +7,15 @@
 //                    everything else, and an undefined tensor, is encoded.
 //   MetaOf/HashMeta  a tensor input's metadata as TensorMeta, or streamed in
 //                    EncodeIdentity's layout into a hash.
+//   IdentityTraits   per operator: the name hash prefix, the argument policy,
+//                    whether it is ignored.
 //   OrdinalTracker   the per-thread rule that numbers consecutive ops issued
 //                    from one location.
 // Header-only: inline functions of ATen types, included by two .cc files.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/function_schema.h>
 #include <ATen/core/ivalue.h>
 #include <c10/core/TensorImpl.h>
@@ -197,6 +200,24 @@ inline uint64_t NameState(const c10::OperatorName& name) {
   h.Bytes(name.name);
   h.Bytes(name.overload_name);
   return h.state();
+}
+
+// What the recorder and the validator both need to know of an operator to
+// compute its nodes' identities; computed once per operator and cached.
+struct IdentityTraits {
+  uint64_t name_state = 0;  // NameState()
+  ArgumentPolicy policy;    // which argument values are fed, not identity
+  // The profiler's record_function markers (optimizers' step and zero_grad
+  // issue them) compute nothing: they run, but are no node.
+  bool ignored = false;
+};
+
+inline IdentityTraits IdentityTraitsOf(const c10::OperatorHandle& op) {
+  IdentityTraits t;
+  t.name_state = NameState(op.operator_name());
+  t.policy = PolicyFor(op.schema());
+  t.ignored = op.operator_name().name.rfind("profiler::", 0) == 0;
+  return t;
 }
 
 // graph::StructuralHash of the identity these parts make, computed without

@@ -17,10 +17,8 @@ namespace terra::runtime {
 struct Recorder::OpInfo {
   std::string name;
   std::string overload;
-  uint64_t name_state = 0;           // NameState(): where this op's identity hashes start
-  ArgumentPolicy policy;             // which argument values are fed, not identity
+  IdentityTraits traits;
   bool reads_value = false;          // returns a Python number computed from tensor data
-  bool ignored = false;              // runs, but is not part of the program's computation
   std::vector<size_t> mutated_args;  // arguments the schema marks as written
 };
 
@@ -40,8 +38,7 @@ struct Pending {
   bool reads_value = false;         // a sync point: Python gets a number from tensor data
 };
 
-// Per thread: where the previous op came from (for ordinals) and the last
-// autograd sequence number seen.
+// Per thread: the pending op and reused buffers.
 struct ThreadState {
   Pending pending;
   std::vector<at::Tensor> tensors;   // scratch: the op's tensor inputs
@@ -99,16 +96,12 @@ const Recorder::OpInfo& Recorder::InfoFor(const c10::OperatorHandle& op) {
   auto info = std::make_unique<OpInfo>();
   info->name = key->name;
   info->overload = key->overload_name;
-  info->name_state = NameState(*key);
-  info->policy = PolicyFor(op.schema());
+  info->traits = IdentityTraitsOf(op);
   const c10::FunctionSchema& schema = op.schema();
   bool any_return = !schema.returns().empty();
   bool all_numbers = any_return;
   for (const c10::Argument& ret : schema.returns()) all_numbers = all_numbers && IsNumberType(ret.type());
   info->reads_value = all_numbers && !IsMetadataQuery(info->name);
-  // The profiler's record_function markers (the optimizer's step and
-  // zero_grad issue them) compute nothing.
-  info->ignored = info->name.rfind("profiler::", 0) == 0;
   const auto& args = schema.arguments();
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i].alias_info() != nullptr && args[i].alias_info()->isWrite()) {
@@ -155,7 +148,7 @@ void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> in
     return;
   }
   const OpInfo& info = InfoFor(op);
-  if (info.ignored) {
+  if (info.traits.ignored) {
     p.active = false;
     return;
   }
@@ -168,8 +161,8 @@ void Recorder::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> in
   // the graph has not seen this node (or a sync point needs its location).
   ts.args.Clear();
   ts.tensors.clear();
-  EncodeArguments(inputs, info.policy, ts.args, [&](const at::Tensor& t) { ts.tensors.push_back(t); });
-  p.hash = IdentityHash(info.name_state, ts.args.bytes(), ts.tensors, frames, backward_of, ordinal);
+  EncodeArguments(inputs, info.traits.policy, ts.args, [&](const at::Tensor& t) { ts.tensors.push_back(t); });
+  p.hash = IdentityHash(info.traits.name_state, ts.args.bytes(), ts.tensors, frames, backward_of, ordinal);
   locator_->Commit(site, p.hash);
   p.known = graph_.ContainsHash(p.hash) && !info.reads_value;
   p.inputs.reserve(ts.tensors.size());

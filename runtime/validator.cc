@@ -1,6 +1,5 @@
 #include "runtime/validator.h"
 
-
 namespace terra::runtime {
 
 Validator::Validator(const graph::TraceGraph* graph, LocationSource* locations)
@@ -13,15 +12,11 @@ Validator::Validator(const graph::TraceGraph* graph, OpLocator* locator)
   for (graph::NodeIndex i = 0; i < graph->NodeCount(); ++i) by_hash_.emplace(graph->node(i).hash, i);
 }
 
-const Validator::OpInfo& Validator::InfoFor(const c10::OperatorHandle& op) {
+const IdentityTraits& Validator::TraitsOf(const c10::OperatorHandle& op) {
   const c10::OperatorName* key = &op.operator_name();
   auto it = ops_.find(key);
   if (it != ops_.end()) return it->second;
-  OpInfo info;
-  info.name_state = NameState(*key);
-  info.policy = PolicyFor(op.schema());
-  info.ignored = key->name.rfind("profiler::", 0) == 0;  // as in the recorder
-  return ops_.emplace(key, info).first->second;
+  return ops_.emplace(key, IdentityTraitsOf(op)).first->second;
 }
 
 void Validator::StartIteration() {
@@ -40,7 +35,7 @@ Validator::Outcome Validator::Check(const c10::OperatorHandle& op,
                                     c10::ArrayRef<c10::IValue> inputs, bool commit_mismatch) {
   // The same steps, in the same order, as Recorder::OnOp.
   OpSite site = locator_->Observe();
-  const OpInfo& info = InfoFor(op);
+  const IdentityTraits& info = TraitsOf(op);
   if (info.ignored) {
     ++stats_.ignored;
     return Outcome::kIgnored;

@@ -72,17 +72,12 @@ class Validator final : public OpObserver {
   const ValidatorStats& stats() const { return stats_; }
 
  private:
-  struct OpInfo {
-    uint64_t name_state = 0;  // FNV state after the operator and overload names
-    ArgumentPolicy policy;
-    bool ignored = false;
-  };
-  const OpInfo& InfoFor(const c10::OperatorHandle& op);
+  const IdentityTraits& TraitsOf(const c10::OperatorHandle& op);
 
   const graph::TraceGraph* graph_;
   std::unique_ptr<OpLocator> own_locator_;
   OpLocator* locator_;
-  std::unordered_map<const c10::OperatorName*, OpInfo> ops_;
+  std::unordered_map<const c10::OperatorName*, IdentityTraits> ops_;
   std::unordered_map<uint64_t, graph::NodeIndex> by_hash_;
   graph::NodeIndex position_ = graph::kEntry;
   graph::NodeIndex last_position_ = graph::kEntry;

@@ -171,12 +171,7 @@ class Tracer {
     runtime::DisableInterception();
     if (coexec_) {
       coexec_->executor().Drain();
-      const runtime::CoExecutionStats& st = coexec_->stats();
-      total_.submitted += st.submitted;
-      total_.eager += st.eager;
-      total_.fetches += st.fetches;
-      total_.divergences += st.divergences;
-      if (total_.first_divergence.empty()) total_.first_divergence = st.first_divergence;
+      total_ += coexec_->stats();
       busy_s_ += coexec_->executor().busy_seconds();
       wait_s_ += coexec_->executor().drain_wait_seconds();
     }
@@ -190,11 +185,7 @@ class Tracer {
     double busy = busy_s_;
     double wait = wait_s_;
     if (coexec_) {
-      st.submitted += coexec_->stats().submitted;
-      st.eager += coexec_->stats().eager;
-      st.fetches += coexec_->stats().fetches;
-      st.divergences += coexec_->stats().divergences;
-      if (st.first_divergence.empty()) st.first_divergence = coexec_->stats().first_divergence;
+      st += coexec_->stats();
       busy += coexec_->executor().busy_seconds();
       wait += coexec_->executor().drain_wait_seconds();
     }

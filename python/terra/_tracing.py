@@ -67,7 +67,6 @@ class _Session:
         self.explicit = False  # terra.iteration() was called: optimizer steps no longer end iterations
         self.step_order = []   # ids of optimizers in the order they first stepped
         self.order_known = False
-        self.boundaries = 0
         self.stopped_reason = None
         self.phase = "trace"  # or "coexec"
         self.give_up_after = int(os.environ.get("TERRA_GIVE_UP_AFTER", DEFAULT_GIVE_UP_AFTER))
@@ -139,7 +138,6 @@ class _Session:
         self._boundary(merge=not first)
 
     def _boundary(self, merge):
-        self.boundaries += 1
         if self.phase == "coexec":
             self.coexec_iterations += 1
             if self.tracer.coexec_iteration() == "learned":
