@@ -188,7 +188,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     case Kind::kInPlace: {
       torch::jit::Stack results;
       for (int arg : kind.returned_args) results.push_back(inputs[static_cast<size_t>(arg)]);
-      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), {}, {}, &node.identity.location};
+      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), {}, {}, &node.identity.location, {}};
       torch::jit::drop(*stack, num_args);
       for (c10::IValue& r : results) stack->push_back(std::move(r));
       executor_.Submit(std::move(work));
@@ -201,14 +201,11 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
       futures.reserve(node.outputs.size());
       outputs.reserve(node.outputs.size());
       for (const graph::TensorMeta& m : node.outputs) {
-        futures.push_back(MakeFuture(m.sizes, m.strides, static_cast<c10::ScalarType>(m.dtype),
-                                     c10::Device(static_cast<c10::DeviceType>(m.device_type),
-                                                 static_cast<c10::DeviceIndex>(m.device_index))));
-        outputs.push_back(FutureOutput{
-            futures.back().storage().getWeakStorageImpl(), &m});
+        outputs.emplace_back();
+        futures.push_back(executor_.NewFuture(m, &outputs.back()));
       }
       Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), std::move(outputs), {},
-                &node.identity.location};
+                &node.identity.location, {}};
       torch::jit::drop(*stack, num_args);
       if (kind.list_return) {
         stack->push_back(c10::IValue(c10::List<at::Tensor>(futures)));

@@ -3,20 +3,34 @@
 // the program's thread handed out.
 //
 // Protocol:
-//   - The program's thread Submits a Work: an op, its boxed arguments as the
-//     program gave them (tensors by reference, scalars by value: input
-//     feeding), and the futures its outputs go to (empty for in-place ops,
-//     which write their arguments).
+//   - The program's thread makes the futures it hands out (NewFuture) and
+//     Submits a Work: an op, its boxed arguments as the program gave them
+//     (scalars by value: input feeding), and where its outputs go (empty for
+//     in-place ops, which write their arguments).
+//   - Values live in slots (Slot): the executor's own handle on a future's
+//     memory. A future tensor's storage refers to its slot; an argument that
+//     lives in a future's memory (a future, a view of one, an in-place result)
+//     is handed to the executor as its slot plus the tensor's layout, never as
+//     the program's tensor. Autograd decides by reference counts (of the
+//     tensor and of its storage) whether AccumulateGrad steals a gradient and
+//     whether the engine accumulates in place; with the executor holding no
+//     reference to the program's tensors, the program issues the same ops
+//     however far behind the executor is. Arguments in ordinary memory
+//     (parameters, data) are held as given.
 //   - The executor thread runs each Work below autograd (autograd already ran
-//     on the program's thread), then copies each result into its future, after
-//     clearing the future's "value not ready" guard (MakeFuture).
-//   - Drain blocks until every submitted Work has run. If one failed, the
-//     executor skips the rest (their futures stay guarded) and Drain throws
-//     terra::Error naming the op and where the program issued it.
+//     on the program's thread), rebuilding slot arguments as its own tensors
+//     on the slots' memory, and puts each result into its output's slot (the
+//     result's storage itself when the layouts match, else a copy).
+//   - Drain blocks until every submitted Work has run, then points each live
+//     future's storage at its slot's memory and lifts its "value not ready"
+//     guard. Only the program's thread touches the program's storages. If a
+//     Work failed, the executor skips the rest (their futures stay guarded)
+//     and Drain throws terra::Error naming the op and where it was issued.
 //   - Synchronous mode (debug): Submit runs the work on the caller's thread
 //     at once, so an error surfaces at the line that issued the op.
-// Threading: Submit and Drain from one thread (the program's); the executor
-// thread is private. The destructor drains (ignoring errors) and joins.
+// Threading: NewFuture, Submit and Drain from one thread (the program's); the
+// executor thread is private. The destructor drains (ignoring errors) and
+// joins.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -37,15 +51,33 @@
 
 namespace terra::runtime {
 
-// Where one output of a Work goes: the future's storage, weakly, and its
-// layout. Not the future tensor, and not a strong reference to its storage:
-// autograd decides by use counts whether AccumulateGrad steals a gradient or
-// clones it and whether the engine accumulates gradients in place, so a
-// reference held here would change the ops the program issues. A future the
-// program dropped before it was filled is simply not filled.
+// The executor's handle on one future's value. `storage` is set on the
+// executor thread when the op producing the value has run; the program's
+// future storage refers to the slot (its DataPtr context) and gets its memory
+// at the next Drain.
+struct Slot : c10::intrusive_ptr_target {
+  c10::Storage storage;
+};
+
+// Where one output of a Work goes. Weak: when neither the program nor a
+// queued Work can see the value any more, it is not kept.
 struct FutureOutput {
-  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  c10::weak_intrusive_ptr<Slot> slot{c10::intrusive_ptr<Slot>()};
   const graph::TensorMeta* meta = nullptr;  // sizes, strides, dtype; owned by the graph
+  size_t nbytes = 0;
+};
+
+// An argument (or one element of a tensor-list argument) that lives in a
+// future's memory: the slot and the layout the program's tensor has there.
+struct SlotArgument {
+  uint32_t arg = 0;
+  int32_t element = -1;  // -1: the argument itself
+  c10::intrusive_ptr<Slot> slot;
+  c10::SmallVector<int64_t, 5> sizes;
+  c10::SmallVector<int64_t, 5> strides;
+  int64_t offset = 0;
+  c10::DispatchKeySet keys;
+  caffe2::TypeMeta dtype;
 };
 
 struct Work {
@@ -54,13 +86,14 @@ struct Work {
   std::vector<FutureOutput> futures;  // one per tensor the op returns, in order
   std::string where;                  // the issuing program location, for errors
   const graph::Location* location = nullptr;  // or this (owned by the graph), named on failure
+  std::vector<SlotArgument> slot_args;  // filled by Submit
 };
 
-// A tensor with `like`'s metadata whose storage is allocated but not filled,
-// guarded so that reading or writing its data throws until the executor fills
-// it (the safety net for a read Terra did not foresee).
+// A tensor with the given layout whose storage has no memory yet and is
+// guarded, so that reading or writing its data throws (the safety net for a
+// read Terra did not foresee). Without an executor: a future never filled.
 at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
-                      c10::Device device);
+                      c10::Device device, FutureOutput* output = nullptr);
 
 // Runs a blocking wait of the program's thread. The Python layer wraps waits
 // so that they release the GIL: the executor thread may need it, since
@@ -75,8 +108,11 @@ class Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
+  // A future for an output of the next Work submitted: fills `output`.
+  at::Tensor NewFuture(const graph::TensorMeta& meta, FutureOutput* output);
   void Submit(Work work);
-  // Waits until everything submitted so far has run; rethrows a failure.
+  // Waits until everything submitted so far has run and makes the futures
+  // real; rethrows a failure.
   void Drain();
 
   uint64_t submitted() const { return submitted_; }
@@ -90,6 +126,8 @@ class Executor {
   std::unique_lock<std::mutex> WaitUntilIdle();
   void Loop();
   void Run(Work& work);  // on the executor thread (or the caller, synchronous)
+  // Points the live futures made since the last call at their slots' memory.
+  void Materialize();
 
   const bool synchronous_;
   const WaitWrapper around_wait_;
@@ -102,6 +140,8 @@ class Executor {
   std::exception_ptr error_;
   std::string error_where_;
   uint64_t submitted_ = 0;
+  // Futures handed out since the last Drain (program's thread only).
+  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> unmaterialized_;
   double drain_wait_s_ = 0;
   double busy_s_ = 0;  // guarded by mu_
   std::thread thread_;

@@ -20,9 +20,9 @@ c10::OperatorHandle Op(const char* name, const char* overload) {
 // A Work computing op(inputs) into a new future; returns the future.
 at::Tensor Submit(Executor& ex, const char* name, const char* overload, torch::jit::Stack inputs,
                   const graph::TensorMeta& meta) {
-  at::Tensor future = MakeFuture(meta.sizes, meta.strides, at::kFloat, at::kCPU);
-  ex.Submit(Work{Op(name, overload), std::move(inputs),
-                 {FutureOutput{future.storage().getWeakStorageImpl(), &meta}}, "test.py:1"});
+  FutureOutput out;
+  at::Tensor future = ex.NewFuture(meta, &out);
+  ex.Submit(Work{Op(name, overload), std::move(inputs), {out}, "test.py:1", nullptr, {}});
   return future;
 }
 
@@ -32,7 +32,7 @@ TEST(ExecutorTest, FillsFuturesInProgramOrder) {
   at::Tensor a = at::full({3}, 2.0);
   at::Tensor b = Submit(ex, "aten::mul", "Scalar", {a, c10::Scalar(3.0)}, meta);   // 6
   at::Tensor c = Submit(ex, "aten::add", "Tensor", {b, a, c10::Scalar(1)}, meta);  // 8
-  ex.Submit(Work{Op("aten::mul_", "Scalar"), {c, c10::Scalar(0.5)}, {}, "test.py:3"});  // in place: 4
+  ex.Submit(Work{Op("aten::mul_", "Scalar"), {c, c10::Scalar(0.5)}, {}, "test.py:3", nullptr, {}});  // in place: 4
   ex.Drain();
   EXPECT_TRUE(b.equal(at::full({3}, 6.0)));
   EXPECT_TRUE(c.equal(at::full({3}, 4.0)));
@@ -82,6 +82,51 @@ TEST(ExecutorTest, AnOutputTheProgramDroppedIsNotFilled) {
     at::Tensor dropped = Submit(ex, "aten::mul", "Scalar", {at::ones({2}), c10::Scalar(2.0)}, meta);
   }
   EXPECT_NO_THROW(ex.Drain());  // nothing to fill, no error
+}
+
+// Autograd reads use_count() of gradients and of their storages to choose
+// between ops; a queued Work must not change those counts.
+TEST(ExecutorTest, QueuedWorkHoldsNoReferenceToTheProgramsFutures) {
+  Executor ex;
+  const graph::TensorMeta meta{6, 0, -1, {3}, {1}};
+  at::Tensor a = at::full({3}, 2.0);
+  at::Tensor b = Submit(ex, "aten::mul", "Scalar", {a, c10::Scalar(3.0)}, meta);  // 6
+  at::Tensor c = Submit(ex, "aten::add", "Tensor", {b, b, c10::Scalar(1)}, meta);  // 12
+  ex.Submit(Work{Op("aten::mul_", "Scalar"), {b, c10::Scalar(0.5)}, {}, "test.py:3", nullptr, {}});  // b: 3
+  EXPECT_EQ(b.use_count(), 1u);
+  EXPECT_EQ(b.storage().use_count(), 1u);
+  EXPECT_EQ(c.use_count(), 1u);
+  ex.Drain();
+  EXPECT_TRUE(b.equal(at::full({3}, 3.0)));
+  EXPECT_TRUE(c.equal(at::full({3}, 12.0)));
+}
+
+TEST(ExecutorTest, AFutureTheProgramDroppedStillFeedsItsConsumers) {
+  Executor ex;
+  const graph::TensorMeta meta{6, 0, -1, {3}, {1}};
+  at::Tensor a = at::full({3}, 2.0);
+  at::Tensor b = Submit(ex, "aten::mul", "Scalar", {a, c10::Scalar(3.0)}, meta);  // 6
+  at::Tensor c = Submit(ex, "aten::add", "Tensor", {b, a, c10::Scalar(1)}, meta);  // 8
+  b.reset();
+  ex.Drain();
+  EXPECT_TRUE(c.equal(at::full({3}, 8.0)));
+}
+
+TEST(ExecutorTest, ViewsAndListsOfFuturesReachTheExecutor) {
+  Executor ex;
+  const graph::TensorMeta four{6, 0, -1, {4}, {1}};
+  const graph::TensorMeta two{6, 0, -1, {2}, {1}};
+  const graph::TensorMeta six{6, 0, -1, {6}, {1}};
+  at::Tensor b = Submit(ex, "aten::arange", "", {c10::Scalar(4.0), c10::IValue(at::kFloat),
+                                                 c10::IValue(), c10::IValue(), c10::IValue()},
+                        four);                          // 0 1 2 3
+  at::Tensor middle = b.narrow(0, 1, 2);                // a view: 1 2 (metadata only)
+  at::Tensor d = Submit(ex, "aten::mul", "Scalar", {middle, c10::Scalar(10.0)}, two);  // 10 20
+  at::Tensor e = Submit(ex, "aten::cat", "", {c10::List<at::Tensor>({d, b}), int64_t{0}}, six);
+  ex.Drain();
+  EXPECT_TRUE(d.equal(at::tensor({10.0f, 20.0f})));
+  EXPECT_TRUE(e.equal(at::tensor({10.0f, 20.0f, 0.0f, 1.0f, 2.0f, 3.0f})));
+  EXPECT_TRUE(middle.equal(at::tensor({1.0f, 2.0f})));  // the view sees the filled memory
 }
 
 }  // namespace
