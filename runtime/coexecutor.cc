@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <utility>
 
+#include "graph/wire.h"
+
 namespace terra::runtime {
 namespace {
 
@@ -24,6 +26,13 @@ bool MetadataMutating(const std::string& name) {
   return false;
 }
 
+// Moves the op's arguments off the top of the stack into `to`.
+void MoveArguments(torch::jit::Stack* stack, size_t num_args, torch::jit::Stack* to) {
+  const auto first = stack->end() - static_cast<std::ptrdiff_t>(num_args);
+  to->insert(to->end(), std::make_move_iterator(first), std::make_move_iterator(stack->end()));
+  stack->erase(first, stack->end());
+}
+
 }  // namespace
 
 CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recorder* recorder,
@@ -31,7 +40,8 @@ CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recor
     : graph_(graph),
       recorder_(recorder),
       validator_(graph, locator),
-      executor_(synchronous, std::move(around_wait)) {}
+      executor_(synchronous, std::move(around_wait)),
+      locator_(locator) {}
 
 CoExecutor::~CoExecutor() {
   try {
@@ -116,7 +126,27 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op) {
   ++stats_.divergences;
   diverged_ = true;
   diverged_after_ = validator_.last_position();
-  executor_.Drain();
+  DrainAt(op.operator_name().name + " (fallback: left the TraceGraph)");
+}
+
+bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
+  auto ready = [&](const at::Tensor& t) {
+    return !t.defined() || (SlotOf(t) == nullptr && !executor_.MayBeQueued(t));
+  };
+  for (const c10::IValue& v : inputs) {
+    if (v.isTensor()) {
+      if (!ready(v.toTensor())) return false;
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorList()) {
+        if (!ready(t)) return false;
+      }
+    } else if (v.isList()) {
+      for (const c10::IValue& e : v.toList()) {
+        if (e.isTensor() && !ready(e.toTensor())) return false;
+      }
+    }
+  }
+  return true;
 }
 
 void CoExecutor::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
@@ -131,9 +161,27 @@ void CoExecutor::OnOpFailed(const c10::OperatorHandle& op) {
   if (diverged_) recorder_->OnOpFailed(op);
 }
 
-void CoExecutor::Fetch() {
+void CoExecutor::DrainAt(const std::string& what) {
+  const double before = executor_.drain_wait_seconds();
+  executor_.Drain();  // a failure of the executor's surfaces here
+  const double waited = executor_.drain_wait_seconds() - before;
+  locator_->source().CurrentFrames(&frames_);
+  graph::Fnv1aWriter h;
+  for (const graph::Frame& f : frames_) {
+    h.U64(f.code_id);
+    h.U32(f.offset);
+  }
+  h.Bytes(what);
+  auto [it, added] = wait_index_.try_emplace(h.state(), wait_points_.size());
+  if (added) wait_points_.push_back(WaitPoint{frames_, what, 0, 0});
+  WaitPoint& point = wait_points_[it->second];
+  ++point.count;
+  point.wait_s += waited;
+}
+
+void CoExecutor::Fetch(const char* what) {
   ++stats_.fetches;
-  executor_.Drain();
+  DrainAt(what);
 }
 
 CoExecutor::Boundary CoExecutor::EndIteration() {
@@ -182,37 +230,54 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     case Kind::kEager:
       // Runs here, on real inputs: everything before it must have run.
       ++stats_.eager;
-      if (k == Kind::kFetch) ++stats_.fetches;
-      executor_.Drain();
+      if (k == Kind::kFetch) {
+        ++stats_.fetches;
+        DrainAt(op.operator_name().name);
+      } else {
+        DrainAt(op.operator_name().name + " (runs eagerly)");
+      }
       return false;
     case Kind::kInPlace: {
+      if (RunsNow(inputs)) {
+        // Writes ordinary memory no queued Work touches, from ordinary
+        // memory: run it here and now, in program order. The program may
+        // write that memory directly next (torch.tensor stores its data
+        // right after the deterministic fill of its fresh allocation).
+        ++stats_.eager;
+        return false;
+      }
+      // Python gets the written arguments back, as eager returns them.
       torch::jit::Stack results;
       for (int arg : kind.returned_args) results.push_back(inputs[static_cast<size_t>(arg)]);
-      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), {}, {}, &node.identity.location, {}};
-      torch::jit::drop(*stack, num_args);
+      Work& work = executor_.Next();
+      work.op = op;
+      work.location = &node.identity.location;
+      MoveArguments(stack, num_args, &work.inputs);
       for (c10::IValue& r : results) stack->push_back(std::move(r));
-      executor_.Submit(std::move(work));
+      executor_.Commit();
       ++stats_.submitted;
       return true;
     }
     case Kind::kCompute: {
-      std::vector<at::Tensor> futures;
-      std::vector<FutureOutput> outputs;
-      futures.reserve(node.outputs.size());
-      outputs.reserve(node.outputs.size());
-      for (const graph::TensorMeta& m : node.outputs) {
-        outputs.emplace_back();
-        futures.push_back(executor_.NewFuture(m, &outputs.back()));
-      }
-      Work work{op, torch::jit::Stack(inputs.begin(), inputs.end()), std::move(outputs), {},
-                &node.identity.location, {}};
-      torch::jit::drop(*stack, num_args);
+      Work& work = executor_.Next();
+      work.op = op;
+      work.location = &node.identity.location;
+      MoveArguments(stack, num_args, &work.inputs);
       if (kind.list_return) {
-        stack->push_back(c10::IValue(c10::List<at::Tensor>(futures)));
+        c10::List<at::Tensor> list;
+        list.reserve(node.outputs.size());
+        for (const graph::TensorMeta& m : node.outputs) {
+          work.futures.emplace_back();
+          list.push_back(executor_.NewFuture(m, &work.futures.back()));
+        }
+        stack->push_back(c10::IValue(std::move(list)));
       } else {
-        for (at::Tensor& f : futures) stack->push_back(std::move(f));
+        for (const graph::TensorMeta& m : node.outputs) {
+          work.futures.emplace_back();
+          stack->push_back(executor_.NewFuture(m, &work.futures.back()));
+        }
       }
-      executor_.Submit(std::move(work));
+      executor_.Commit();
       ++stats_.submitted;
       return true;
     }

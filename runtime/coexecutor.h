@@ -34,6 +34,15 @@
 
 namespace terra::runtime {
 
+// Where the program waited for the executor: one Python location (and what
+// made it wait there), aggregated.
+struct WaitPoint {
+  std::vector<graph::Frame> frames;  // the program's frames, innermost last
+  std::string what;                  // "aten::_local_scalar_dense", "numpy()", ...
+  uint64_t count = 0;
+  double wait_s = 0;
+};
+
 struct CoExecutionStats {
   uint64_t submitted = 0;  // ops handed to the executor
   uint64_t eager = 0;      // ops run here: views, fetches, unpredictable nodes
@@ -68,8 +77,9 @@ class CoExecutor final : public OpObserver {
   void OnOpEnd(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> outputs) override;
   void OnOpFailed(const c10::OperatorHandle& op) override;
 
-  // Python reads a value directly (numpy(), print, ...): make it real.
-  void Fetch();
+  // Python reads a value directly (numpy(), print, ...; `what` names the
+  // read): make it real.
+  void Fetch(const char* what = "a direct read");
   // An iteration boundary. kFollowed: the iteration followed the graph.
   // kLearned: it left the graph (or ended where the graph does not end); the
   // path it took instead was recorded and merged into the recorder's graph,
@@ -78,6 +88,8 @@ class CoExecutor final : public OpObserver {
   Boundary EndIteration();
   bool diverged() const { return diverged_; }
   const CoExecutionStats& stats() const { return stats_; }
+  // Waits by program location, in first-seen order.
+  const std::vector<WaitPoint>& wait_points() const { return wait_points_; }
   Executor& executor() { return executor_; }
 
  private:
@@ -90,6 +102,12 @@ class CoExecutor final : public OpObserver {
   };
   const OpKind& KindOf(const c10::OperatorHandle& op);
   void Diverge(const c10::OperatorHandle& op);
+  // Whether an op on these arguments can run here at once, in program
+  // order, without a drain: every tensor is in ordinary memory that no
+  // queued Work reads or writes.
+  bool RunsNow(c10::ArrayRef<c10::IValue> inputs) const;
+  // Drains, charging the wait to the program's current location.
+  void DrainAt(const std::string& what);
 
   const graph::TraceGraph* graph_;
   Recorder* recorder_;
@@ -99,6 +117,10 @@ class CoExecutor final : public OpObserver {
   bool diverged_ = false;  // recording the rest of the iteration
   graph::NodeIndex diverged_after_ = graph::kEntry;
   CoExecutionStats stats_;
+  OpLocator* locator_;
+  std::vector<graph::Frame> frames_;  // scratch
+  std::vector<WaitPoint> wait_points_;
+  std::unordered_map<uint64_t, size_t> wait_index_;  // hash of (frames, what) -> wait_points_
 };
 
 }  // namespace terra::runtime

@@ -2,10 +2,16 @@
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
+#include <ATen/Parallel.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <dlfcn.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <unordered_set>
 #include <utility>
 
 #include "runtime/base/check.h"
@@ -18,6 +24,64 @@ constexpr const char* kNotReady =
     "program read it through a path Terra does not watch. Report the call that read it; "
     "meanwhile run with --mode trace (or terra.enable(\"trace\")) to avoid co-execution.";
 
+
+// How long a waiting thread spins before it parks. The program's thread
+// spins holding the GIL, so briefly.
+constexpr auto kSpinProgram = std::chrono::microseconds(30);
+constexpr auto kSpinExecutor = std::chrono::microseconds(200);
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// The executor thread's intra-op threads. While the program's thread runs
+// Python it needs a core of its own, so the executor's kernels use one
+// thread fewer than PyTorch's setting; while the program waits in Drain, they
+// use them all. TERRA_EXECUTOR_THREADS fixes the number instead. OpenMP's
+// and MKL's per-thread settings are found at run time (absent: nothing to
+// set; the kernels use PyTorch's setting).
+class IntraOpThreads {
+ public:
+  IntraOpThreads() {
+    (void)at::zeros({1});  // PyTorch's own per-thread initialisation first, or it would undo ours
+    full_ = std::max(1, at::get_num_threads());
+    shared_ = std::max(1, full_ - 1);
+    if (const char* fixed = std::getenv("TERRA_EXECUTOR_THREADS"); fixed != nullptr && *fixed != 0) {
+      full_ = shared_ = std::max(1, std::atoi(fixed));
+    }
+    if (void* gomp = dlopen("libgomp.so.1", RTLD_LAZY | RTLD_NOLOAD)) {
+      omp_set_ = reinterpret_cast<void (*)(int)>(dlsym(gomp, "omp_set_num_threads"));
+    }
+    // MKL's C entry point takes the number by value; the lower-case names
+    // are its Fortran entry points, which take a pointer.
+    mkl_set_ = reinterpret_cast<int (*)(int)>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
+    if (mkl_set_ == nullptr) {
+      if (void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD)) {
+        mkl_set_ = reinterpret_cast<int (*)(int)>(dlsym(torch_cpu, "MKL_Set_Num_Threads_Local"));
+      }
+    }
+  }
+
+  void Use(bool program_waiting) {
+    const int n = program_waiting ? full_ : shared_;
+    if (n == current_) return;
+    current_ = n;
+    if (omp_set_ != nullptr) omp_set_(n);
+    if (mkl_set_ != nullptr) mkl_set_(n);
+  }
+
+ private:
+  int full_ = 1;
+  int shared_ = 1;
+  int current_ = 0;
+  void (*omp_set_)(int) = nullptr;
+  int (*mkl_set_)(int) = nullptr;
+};
+
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -25,7 +89,7 @@ double Now() {
 std::string Where(const Work& work) {
   std::string where = work.where;
   if (where.empty() && work.location != nullptr) where = graph::ShortLocation(*work.location);
-  return work.op.operator_name().name + " issued at " + where;
+  return work.op->operator_name().name + " issued at " + where;
 }
 
 // The deleter of a future storage's DataPtr, whose context is a reference
@@ -39,6 +103,8 @@ c10::DataPtr SlotDataPtr(void* data, Slot* slot, c10::Device device) {
   return c10::DataPtr(data, slot, &ReleaseSlot, device);
 }
 
+}  // namespace
+
 // The slot whose memory `t` lives in, or null (ordinary memory, or none).
 Slot* SlotOf(const at::Tensor& t) {
   if (!t.defined() || !t.has_storage()) return nullptr;
@@ -47,6 +113,8 @@ Slot* SlotOf(const at::Tensor& t) {
   const c10::DataPtr& ptr = storage->_mutable_data_ptr_no_checks();
   return ptr.get_deleter() == &ReleaseSlot ? static_cast<Slot*>(ptr.get_context()) : nullptr;
 }
+
+namespace {
 
 SlotArgument SlotArgumentOf(const at::Tensor& t, Slot* slot, uint32_t arg, int32_t element) {
   SlotArgument a;
@@ -64,13 +132,18 @@ SlotArgument SlotArgumentOf(const at::Tensor& t, Slot* slot, uint32_t arg, int32
 // Replaces every argument in a future's memory by a SlotArgument (and a
 // placeholder on the stack): the Work then holds no reference to the
 // program's tensor or storage. Tensor lists are copied first.
-void TakeSlotArguments(Work& work) {
+void TakeSlotArguments(Work& work, std::unordered_set<const c10::StorageImpl*>* real) {
+  auto note_real = [&](const at::Tensor& t) {
+    if (t.defined() && t.has_storage()) real->insert(t.storage().unsafeGetStorageImpl());
+  };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
     c10::IValue& v = work.inputs[i];
     if (v.isTensor()) {
       if (Slot* slot = SlotOf(v.toTensor())) {
         work.slot_args.push_back(SlotArgumentOf(v.toTensor(), slot, i, -1));
         v = c10::IValue(at::Tensor());
+      } else {
+        note_real(v.toTensor());
       }
     } else if (v.isTensorList()) {
       c10::List<at::Tensor> list = v.toTensorList();
@@ -78,7 +151,10 @@ void TakeSlotArguments(Work& work) {
       for (size_t j = 0; j < list.size(); ++j) {
         const at::Tensor t = list.get(j);
         Slot* slot = SlotOf(t);
-        if (slot == nullptr) continue;
+        if (slot == nullptr) {
+          note_real(t);
+          continue;
+        }
         if (!copied) {
           list = list.copy();
           copied = true;
@@ -94,7 +170,10 @@ void TakeSlotArguments(Work& work) {
         const c10::IValue e = list.get(j);
         if (!e.isTensor()) continue;
         Slot* slot = SlotOf(e.toTensor());
-        if (slot == nullptr) continue;
+        if (slot == nullptr) {
+          note_real(e.toTensor());
+          continue;
+        }
         if (!copied) {
           list = list.copy();
           copied = true;
@@ -109,7 +188,7 @@ void TakeSlotArguments(Work& work) {
 
 // The executor's own tensor for a slot argument (executor thread).
 at::Tensor Rebuild(const SlotArgument& a, const Work& work) {
-  TERRA_INTERNAL_CHECK(static_cast<bool>(a.slot->storage), work.op.operator_name().name,
+  TERRA_INTERNAL_CHECK(static_cast<bool>(a.slot->storage), work.op->operator_name().name,
                        " read a future whose value was never computed");
   at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(a.slot->storage), a.keys,
                                                           a.dtype);
@@ -142,31 +221,44 @@ at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::Sca
 }
 
 Executor::Executor(bool synchronous, WaitWrapper around_wait)
-    : synchronous_(synchronous), around_wait_(std::move(around_wait)) {
+    : synchronous_(synchronous), around_wait_(std::move(around_wait)), ring_(synchronous ? 1 : kRing) {
   if (!synchronous_) thread_ = std::thread([this] { Loop(); });
 }
 
 Executor::~Executor() {
-  {
-    std::unique_lock<std::mutex> lock = WaitUntilIdle();
-    stop_ = true;
+  if (!synchronous_) {
+    const uint64_t end = head_.load();
+    WaitFor([&] { return tail_.load() == end; });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+    }
+    wake_executor_.notify_all();
+    thread_.join();
   }
-  has_work_.notify_all();
-  if (thread_.joinable()) thread_.join();
 }
 
-std::unique_lock<std::mutex> Executor::WaitUntilIdle() {
-  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
-  auto wait = [&] {
-    lock.lock();
-    drained_.wait(lock, [this] { return queue_.empty() && !running_; });
+void Executor::WaitFor(const std::function<bool()>& done) {
+  if (done()) return;
+  // Most waits are short (the executor finishes a few ops): spin first,
+  // holding the GIL, rather than pay two futex calls and two context switches.
+  const auto spin_until = std::chrono::steady_clock::now() + kSpinProgram;
+  for (int i = 1;; ++i) {
+    CpuRelax();
+    if (done()) return;
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() > spin_until) break;
+  }
+  auto park = [&] {
+    std::unique_lock<std::mutex> lock(mu_);
+    program_parked_.store(true);
+    wake_program_.wait(lock, done);
+    program_parked_.store(false);
   };
   if (around_wait_) {
-    around_wait_(wait);
+    around_wait_(park);
   } else {
-    wait();
+    park();
   }
-  return lock;
 }
 
 at::Tensor Executor::NewFuture(const graph::TensorMeta& meta, FutureOutput* output) {
@@ -179,42 +271,73 @@ at::Tensor Executor::NewFuture(const graph::TensorMeta& meta, FutureOutput* outp
   return t;
 }
 
-void Executor::Submit(Work work) {
+Work& Executor::Next() {
+  if (synchronous_) return ring_[0];
+  const uint64_t head = head_.load(std::memory_order_relaxed);
+  if (head - tail_.load(std::memory_order_acquire) >= kRing) {
+    WaitFor([&] { return head - tail_.load() < kRing; });  // the program is far ahead
+  }
+  return ring_[head & (kRing - 1)];
+}
+
+void Executor::Commit() {
   ++submitted_;
-  TakeSlotArguments(work);
   if (synchronous_) {
-    if (error_) return;
-    try {
-      Run(work);
-      Materialize();
-    } catch (...) {
-      error_ = std::current_exception();
-      error_where_ = Where(work);
-      Drain();  // throws now: the error surfaces at the issuing line
+    Work& work = ring_[0];
+    TakeSlotArguments(work, &referenced_);
+    if (!error_) {
+      const double start = Now();
+      try {
+        Run(work);
+        busy_ns_.fetch_add(static_cast<uint64_t>((Now() - start) * 1e9));
+        Materialize();
+      } catch (...) {
+        error_ = std::current_exception();
+        error_where_ = Where(work);
+      }
     }
+    work.Clear();
+    if (error_) ThrowError();  // the error surfaces at the issuing line
     return;
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(work));
+  const uint64_t head = head_.load(std::memory_order_relaxed);
+  TakeSlotArguments(ring_[head & (kRing - 1)], &referenced_);
+  head_.store(head + 1);  // seq_cst: ordered before the parked check below
+  if (executor_parked_.load()) {
+    { std::lock_guard<std::mutex> lock(mu_); }  // the executor is waiting or will see head_
+    wake_executor_.notify_one();
   }
-  has_work_.notify_one();
+}
+
+void Executor::Submit(Work work) {
+  Work& entry = Next();
+  entry = std::move(work);
+  Commit();
 }
 
 void Executor::Drain() {
-  const double start = Now();
-  std::unique_lock<std::mutex> lock = WaitUntilIdle();
-  drain_wait_s_ += Now() - start;
+  if (!synchronous_) {
+    const double start = Now();
+    const uint64_t end = head_.load(std::memory_order_relaxed);
+    program_waiting_.store(true, std::memory_order_relaxed);
+    WaitFor([&] { return tail_.load() == end; });
+    program_waiting_.store(false, std::memory_order_relaxed);
+    drain_wait_s_ += Now() - start;
+  }
+  referenced_.clear();
   Materialize();
-  if (error_) {
-    std::exception_ptr error = std::exchange(error_, nullptr);
-    std::string where = std::move(error_where_);
-    lock.unlock();
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      TERRA_CHECK(false, "the co-executed operation ", where, " failed: ", e.what());
-    }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (error_) ThrowError();
+}
+
+void Executor::ThrowError() {
+  std::exception_ptr error = std::exchange(error_, nullptr);
+  std::string where = std::move(error_where_);
+  failed_.store(false);
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    TERRA_CHECK(false, "the co-executed operation ", where, " failed: ", e.what());
   }
 }
 
@@ -233,40 +356,59 @@ void Executor::Materialize() {
   unmaterialized_.clear();
 }
 
+bool Executor::MayBeQueued(const at::Tensor& t) const {
+  return t.defined() && t.has_storage() && referenced_.count(t.storage().unsafeGetStorageImpl()) != 0;
+}
+
 double Executor::busy_seconds() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return busy_s_;
+  return static_cast<double>(busy_ns_.load(std::memory_order_relaxed)) * 1e-9;
 }
 
 void Executor::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  IntraOpThreads threads;
+  uint64_t tail = 0;
   while (true) {
-    has_work_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stop_
-    Work work = std::move(queue_.front());
-    queue_.pop_front();
-    running_ = true;
-    const bool skip = error_ != nullptr;
-    lock.unlock();
-    const double start = Now();
-    std::exception_ptr failure;
-    if (!skip) {
+    if (head_.load(std::memory_order_acquire) == tail) {
+      // Idle: spin a while (the program issues the next op within
+      // microseconds), then park until Commit wakes us.
+      const auto spin_until = std::chrono::steady_clock::now() + kSpinExecutor;
+      bool more = false;
+      for (int i = 1; !more; ++i) {
+        CpuRelax();
+        more = head_.load(std::memory_order_acquire) != tail;
+        if ((i & 63) == 0 && std::chrono::steady_clock::now() > spin_until) break;
+      }
+      if (!more) {
+        std::unique_lock<std::mutex> lock(mu_);
+        executor_parked_.store(true);
+        wake_executor_.wait(lock, [&] { return stop_.load() || head_.load() != tail; });
+        executor_parked_.store(false);
+        if (head_.load() == tail) return;  // stopping, nothing queued
+      }
+      continue;
+    }
+    Work& work = ring_[tail & (kRing - 1)];
+    if (!failed_.load(std::memory_order_relaxed)) {
+      threads.Use(program_waiting_.load(std::memory_order_relaxed));
+      const double start = Now();
       try {
         Run(work);
       } catch (...) {
-        failure = std::current_exception();
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error_) {
+          error_ = std::current_exception();
+          error_where_ = Where(work);
+        }
+        failed_.store(true);
       }
+      busy_ns_.fetch_add(static_cast<uint64_t>((Now() - start) * 1e9), std::memory_order_relaxed);
     }
-    const double took = Now() - start;
-    work = Work{work.op, {}, {}, std::move(work.where), work.location, {}};  // drop references outside the lock
-    lock.lock();
-    busy_s_ += took;
-    if (failure && !error_) {
-      error_ = failure;
-      error_where_ = Where(work);
+    work.Clear();  // drops the references here, on this thread
+    tail_.store(++tail);  // seq_cst: ordered before the parked check below
+    if (program_parked_.load()) {
+      { std::lock_guard<std::mutex> lock(mu_); }
+      wake_program_.notify_all();
     }
-    running_ = false;
-    if (queue_.empty()) drained_.notify_all();
   }
 }
 
@@ -284,7 +426,7 @@ void Executor::Run(Work& work) {
       v.toList().set(static_cast<size_t>(a.element), c10::IValue(Rebuild(a, work)));
     }
   }
-  work.op.callBoxed(&stack);
+  work.op->callBoxed(&stack);
   size_t k = 0;
   for (const c10::IValue& v : stack) {
     // `own_refs`: references to `result` the stack (and a list's element
@@ -312,7 +454,7 @@ void Executor::Run(Work& work) {
       for (const at::Tensor& t : v.toTensorList()) fill(t, 2);
     }
   }
-  TERRA_INTERNAL_CHECK(k == work.futures.size(), work.op.operator_name().name, " returned ", k,
+  TERRA_INTERNAL_CHECK(k == work.futures.size(), work.op->operator_name().name, " returned ", k,
                        " tensors for ", work.futures.size(), " futures");
 }
 

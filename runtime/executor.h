@@ -37,14 +37,16 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "graph/node.h"
@@ -81,13 +83,27 @@ struct SlotArgument {
 };
 
 struct Work {
-  c10::OperatorHandle op;
+  std::optional<c10::OperatorHandle> op;  // empty only in an unused ring entry
   torch::jit::Stack inputs;
   std::vector<FutureOutput> futures;  // one per tensor the op returns, in order
   std::string where;                  // the issuing program location, for errors
   const graph::Location* location = nullptr;  // or this (owned by the graph), named on failure
-  std::vector<SlotArgument> slot_args;  // filled by Submit
+  std::vector<SlotArgument> slot_args;  // filled by Commit
+
+  // Empties the entry for reuse, keeping the vectors' capacity.
+  void Clear() {
+    op.reset();
+    inputs.clear();
+    futures.clear();
+    where.clear();
+    location = nullptr;
+    slot_args.clear();
+  }
 };
+
+// The slot whose memory `t` lives in (a future, a view of one, an in-place
+// result), or null: ordinary memory.
+Slot* SlotOf(const at::Tensor& t);
 
 // A tensor with the given layout whose storage has no memory yet and is
 // guarded, so that reading or writing its data throws (the safety net for a
@@ -110,10 +126,18 @@ class Executor {
 
   // A future for an output of the next Work submitted: fills `output`.
   at::Tensor NewFuture(const graph::TensorMeta& meta, FutureOutput* output);
-  void Submit(Work work);
+  // The entry to fill for the next Work: its vectors are empty but keep their
+  // capacity (no allocation per op once warm). Then Commit.
+  Work& Next();
+  void Commit();
+  void Submit(Work work);  // Next, move in, Commit
   // Waits until everything submitted so far has run and makes the futures
   // real; rethrows a failure.
   void Drain();
+
+  // Whether a Work submitted since the last Drain may read or write `t`'s
+  // memory (ordinary memory; futures are always the executor's).
+  bool MayBeQueued(const at::Tensor& t) const;
 
   uint64_t submitted() const { return submitted_; }
   // Seconds the program's thread spent waiting in Drain.
@@ -121,29 +145,43 @@ class Executor {
   double busy_seconds() const;
 
  private:
-  // Blocks (through around_wait_) until the queue is empty and no Work runs;
-  // returns holding mu_.
-  std::unique_lock<std::mutex> WaitUntilIdle();
+  static constexpr uint64_t kRing = 4096;  // queued Works at most; a power of two
+
+  // Waits until `done()` (spinning briefly, then parked through
+  // around_wait_); the executor thread wakes parked waiters.
+  void WaitFor(const std::function<bool()>& done);
   void Loop();
   void Run(Work& work);  // on the executor thread (or the caller, synchronous)
   // Points the live futures made since the last call at their slots' memory.
   void Materialize();
+  void ThrowError();
 
   const bool synchronous_;
   const WaitWrapper around_wait_;
-  mutable std::mutex mu_;
-  std::condition_variable has_work_;
-  std::condition_variable drained_;
-  std::deque<Work> queue_;
-  bool running_ = false;  // the executor thread holds a Work
-  bool stop_ = false;
+  // The queue: a single-producer single-consumer ring. The program's thread
+  // fills ring_[head_] and publishes head_ + 1; the executor runs
+  // ring_[tail_], clears it and publishes tail_ + 1.
+  std::vector<Work> ring_;
+  std::atomic<uint64_t> head_{0};
+  std::atomic<uint64_t> tail_{0};
+  std::atomic<bool> executor_parked_{false};
+  std::atomic<bool> program_waiting_{false};  // in Drain: the executor may use its core
+  std::atomic<bool> program_parked_{false};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> failed_{false};
+  std::mutex mu_;  // parking, and error_
+  std::condition_variable wake_executor_;
+  std::condition_variable wake_program_;
   std::exception_ptr error_;
   std::string error_where_;
   uint64_t submitted_ = 0;
   // Futures handed out since the last Drain (program's thread only).
   std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> unmaterialized_;
+  // Storages in ordinary memory that Works submitted since the last Drain
+  // hold (program's thread only).
+  std::unordered_set<const c10::StorageImpl*> referenced_;
   double drain_wait_s_ = 0;
-  double busy_s_ = 0;  // guarded by mu_
+  std::atomic<uint64_t> busy_ns_{0};
   std::thread thread_;
 };
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the program suite under several execution modes, side by side.
 
-    examples/bench/run.py --programs all --modes eager,terra,compile,jit \
+    examples/bench/run.py --programs all --modes eager,terra,coexec,compile,jit \
         --iters 20 --repeats 3 --json out.json --plot out.png
 
 Each (program, mode, repeat) runs in its own Python process, so that no
@@ -12,8 +12,12 @@ and the saved parameters (stdout may be prefixed by a launcher).
 
 Modes:
   eager    plain PyTorch, the reference for correctness and speed.
-  terra    the program in eager mode under `terrarun -np 1`; reported as not
-           available when no `terrarun` is on PATH.
+  terra    the program in eager mode under `terrarun -np 1` (Terra's default
+           mode); reported as not available when no `terrarun` is on PATH.
+  coexec   the same under `terrarun -np 1 --mode coexec`, with Terra's stats
+           written at exit (TERRA_STATS_JSON) and read back: co-executed
+           iterations, fallbacks, ops submitted, the first divergence, and the
+           time split (see coexec_split).
   compile  the program's models wrapped with torch.compile.
   jit      the program's models passed to torch.jit.script (trace where
            scripting fails).
@@ -43,7 +47,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROGRAMS_DIR = os.path.normpath(os.path.join(HERE, "..", "programs"))
-MODES = ("eager", "terra", "compile", "jit")
+MODES = ("eager", "terra", "coexec", "compile", "jit")
+TERRA_MODES = ("terra", "coexec")  # run through the launcher
 SCHEMA_VERSION = 1
 
 
@@ -92,13 +97,16 @@ def run_once(program_path, mode, repeat, args, workdir, terrarun):
     tag = f"{stem}.{mode}.{repeat}"
     result_json = os.path.join(workdir, tag + ".json")
     params = os.path.join(workdir, tag + ".pt")
-    prog_args = ["--mode", "eager" if mode == "terra" else mode,
+    stats_json = os.path.join(workdir, tag + ".terra_stats.json")
+    prog_args = ["--mode", "eager" if mode in TERRA_MODES else mode,
                  "--iters", str(args.iters), "--warmup", str(args.warmup),
                  "--size", args.size, "--device", args.device, "--seed", str(args.seed),
                  "--threads", str(args.threads),
                  "--result-json", result_json, "--save-params", params]
     if mode == "terra":
         cmd = shlex.split(terrarun) + [program_path] + prog_args
+    elif mode == "coexec":
+        cmd = shlex.split(terrarun) + ["--mode", "coexec", program_path] + prog_args
     else:
         cmd = [sys.executable, program_path] + prog_args
     env = dict(os.environ, PYTHONHASHSEED="0", TERRA_BENCH_THREADS=str(args.threads),
@@ -109,6 +117,11 @@ def run_once(program_path, mode, repeat, args, workdir, terrarun):
     # first repeat's compile_s is a cold compilation.
     env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(workdir, "inductor_cache")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROGRAMS_DIR, os.environ.get("PYTHONPATH")]))
+    env.pop("TERRA_STATS_JSON", None)
+    if mode == "coexec":
+        env["TERRA_STATS_JSON"] = stats_json
+        if os.path.exists(stats_json):  # a kept workdir: never read an earlier run's stats
+            os.remove(stats_json)
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -124,7 +137,73 @@ def run_once(program_path, mode, repeat, args, workdir, terrarun):
     if not os.path.exists(result_json):
         return None, "no result JSON written (the program does not use common.finish?)", wall
     with open(result_json) as f:
-        return json.load(f), None, wall
+        result = json.load(f)
+    if mode == "coexec":
+        result["terra_stats"] = read_terra_stats(stats_json)
+    return result, None, wall
+
+
+def read_terra_stats(path):
+    """Terra's stats() as written at exit (TERRA_STATS_JSON), or None."""
+    try:
+        with open(path) as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def _number(value):
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
+
+
+def coexec_split(result):
+    """Co-execution figures of one coexec process, or None when Terra wrote no stats.
+
+    Over the whole run: the program thread's time is the wall time of all
+    iterations (warm-up and measured) minus the time it waited at fetches
+    ("python_s"); the executor thread was busy "executor_busy_s"; the program
+    thread waited "fetch_wait_s". Terra counts fetch waits and executor time
+    outside the iterations too (set-up, the final save), so python_s is
+    clamped at zero.
+    """
+    c = (result.get("terra_stats") or {}).get("coexec")
+    if not isinstance(c, dict):
+        return None
+    busy, wait = _number(c.get("executor_busy_s")), _number(c.get("fetch_wait_s"))
+    times = (result.get("warmup_times_s") or []) + (result.get("iter_times_s") or [])
+    iter_s = sum(t for t in times if _number(t) is not None)
+    out = {"iterations": c.get("iterations"), "fallbacks": c.get("fallbacks"),
+           "submitted": c.get("submitted"), "fetches": c.get("fetches"),
+           "first_divergence": c.get("first_divergence") or None, "phase": c.get("phase"),
+           "iter_s": iter_s, "python_s": None, "executor_busy_s": busy, "fetch_wait_s": wait}
+    if wait is not None:
+        out["python_s"] = max(0.0, iter_s - wait)
+    return out
+
+
+def summarize_coexec(results):
+    """The coexec row's figures: the median over repeats of each count and time,
+    and the shares (%) of python_s, executor_busy_s and fetch_wait_s in their sum."""
+    splits = [s for s in (coexec_split(r) for r in results) if s is not None]
+    if not splits:
+        return None
+
+    def median_of(key):
+        values = [s[key] for s in splits if _number(s[key]) is not None]
+        return statistics.median(values) if values else None
+
+    out = {key: median_of(key) for key in ("iterations", "fallbacks", "submitted", "fetches",
+                                           "iter_s", "python_s", "executor_busy_s", "fetch_wait_s")}
+    out["first_divergence"] = next((s["first_divergence"] for s in splits if s["first_divergence"]), None)
+    out["phase"] = splits[0]["phase"]
+    out["repeats_with_stats"] = len(splits)
+    parts = [out["python_s"], out["executor_busy_s"], out["fetch_wait_s"]]
+    total = sum(parts) if None not in parts else 0.0
+    out["shares_pct"] = ({"python": 100.0 * parts[0] / total, "executor_busy": 100.0 * parts[1] / total,
+                          "fetch_wait": 100.0 * parts[2] / total} if total > 0 else None)
+    return out
 
 
 def compare(reference, candidate):
@@ -185,12 +264,16 @@ def coverage_of(result):
     return cov
 
 
+def empty_row(name, mode):
+    return {"program": name, "mode": mode, "status": "ok", "error": None,
+            "iters_per_s": None, "iters_per_s_repeats": [], "ms_per_iter": None,
+            "speedup_vs_eager": None, "compile_s": None, "final_loss": None,
+            "correctness": None, "coverage": {}, "coexec": None, "wall_s": 0.0}
+
+
 def run_mode(name, path, mode, args, workdir, terrarun):
-    row = {"program": name, "mode": mode, "status": "ok", "error": None,
-           "iters_per_s": None, "iters_per_s_repeats": [], "ms_per_iter": None,
-           "speedup_vs_eager": None, "compile_s": None, "final_loss": None,
-           "correctness": None, "coverage": {}, "wall_s": 0.0}
-    if mode == "terra" and not terrarun:
+    row = empty_row(name, mode)
+    if mode in TERRA_MODES and not terrarun:
         row["status"], row["error"] = "unavailable", "not available (terrarun not on PATH)"
         return row, []
     results = []
@@ -211,12 +294,46 @@ def run_mode(name, path, mode, args, workdir, terrarun):
         row["compile_s"] = results[0]["compile_s"]  # cold compilation caches
         row["final_loss"] = results[0]["final_loss"]
         row["coverage"] = coverage_of(results[0])
+        if mode == "coexec":
+            row["coexec"] = summarize_coexec(results)
     return row, results
 
 
+SPLIT_KEYS = ("python", "executor_busy", "fetch_wait")
+
+
+def has_coexec(rows):
+    return any(r["mode"] == "coexec" for r in rows)
+
+
+def split_cells(row, missing):
+    """The three shares (%) of a coexec row as text; "n/a" without Terra stats."""
+    if row["mode"] != "coexec":
+        return [missing] * 3
+    shares = (row.get("coexec") or {}).get("shares_pct")
+    if not shares:
+        return ["n/a"] * 3
+    return [f"{shares[k]:.0f}" for k in SPLIT_KEYS]
+
+
+def coexec_note(row):
+    c = row.get("coexec")
+    if not c:
+        return "n/a (no Terra stats)"
+
+    def n(v, fmt=".0f"):
+        return format(v, fmt) if isinstance(v, (int, float)) else "n/a"
+
+    return (f"co-executed {n(c['iterations'])} it, {n(c['fallbacks'])} fallback(s), "
+            f"{n(c['submitted'])} ops submitted; Python {n(c['python_s'], '.3f')} s, "
+            f"executor busy {n(c['executor_busy_s'], '.3f')} s, fetch wait {n(c['fetch_wait_s'], '.3f')} s")
+
+
 def format_table(rows, modes):
-    header = f"{'program':<18} {'mode':<8} {'it/s':>8} {'ms/it':>8} {'speedup':>8} {'compile s':>9} " \
-             f"{'loss diff':>10} {'param diff':>10} {'bitexact':>8}  coverage / error"
+    split = has_coexec(rows)
+    header = f"{'program':<18} {'mode':<8} {'it/s':>8} {'ms/it':>8} {'speedup':>8} " \
+             + (f"{'py %':>5} {'exec %':>6} {'wait %':>6} " if split else "") \
+             + f"{'compile s':>9} {'loss diff':>10} {'param diff':>10} {'bitexact':>8}  coverage / error"
     lines = [header, "-" * len(header)]
     for row in rows:
         c = row["correctness"] or {}
@@ -236,10 +353,18 @@ def format_table(rows, modes):
                     note += f", compiled {cov['unique_graphs_compiled']}"
             if cov.get("jit"):
                 note = ", ".join(f"{j['model']}: {j['method']}" for j in cov["jit"])
+            if row["mode"] == "coexec":
+                note = coexec_note(row)
+                if (row.get("coexec") or {}).get("first_divergence"):
+                    note += f"; first divergence: {row['coexec']['first_divergence']}"
         bit = "-" if not c else ("yes" if c.get("bit_identical") else "no")
+        cells = ""
+        if split:
+            py, ex, wait = split_cells(row, "-")
+            cells = f"{py:>5} {ex:>6} {wait:>6} "
         lines.append(f"{row['program']:<18} {row['mode']:<8} {num(row['iters_per_s'], '8.2f')} "
                      f"{num(row['ms_per_iter'], '8.1f')} {num(row['speedup_vs_eager'], '7.2f')}{'x' if row['speedup_vs_eager'] else ' '} "
-                     f"{num(row['compile_s'], '9.1f')} {num(c.get('loss_abs_diff'), '10.2e')} "
+                     f"{cells}{num(row['compile_s'], '9.1f')} {num(c.get('loss_abs_diff'), '10.2e')} "
                      f"{num(c.get('param_max_abs_diff'), '10.2e')} {bit:>8}  {note}")
     return "\n".join(lines)
 
@@ -250,8 +375,11 @@ def format_markdown(report):
     def num(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "–"
 
-    out = ["| program | mode | it/s | ms/it | speedup | compile s | loss diff | param diff | bit-identical | coverage |",
-           "|---|---|--:|--:|--:|--:|--:|--:|:-:|---|"]
+    split = has_coexec(report["results"])
+    out = ["| program | mode | it/s | ms/it | speedup | "
+           + ("Python % | executor busy % | fetch wait % | " if split else "")
+           + "compile s | loss diff | param diff | bit-identical | coverage |",
+           "|---|---|--:|--:|--:|" + ("--:|--:|--:|" if split else "") + "--:|--:|--:|:-:|---|"]
     for r in report["results"]:
         c = r["correctness"] or {}
         cov = r["coverage"]
@@ -265,12 +393,15 @@ def format_markdown(report):
                 note += "; " + "; ".join(k for k in cov["dynamo_gave_up"])
         elif cov.get("jit"):
             note = ", ".join(f"{j['model']}: {j['method']}" for j in cov["jit"])
+        elif r["mode"] == "coexec":
+            note = coexec_note(r)
         else:
             note = "ran"
         bit = "–" if not c else ("yes" if c.get("bit_identical") else "no")
         speed = f"{r['speedup_vs_eager']:.2f}×" if r["speedup_vs_eager"] else "–"
+        cells = "".join(f"| {cell} " for cell in split_cells(r, "–")) if split else ""
         out.append(f"| {r['program']} | {r['mode']} | {num(r['iters_per_s'], '.2f')} | {num(r['ms_per_iter'], '.1f')} "
-                   f"| {speed} | {num(r['compile_s'], '.1f')} | {num(c.get('loss_abs_diff'), '.2e')} "
+                   f"| {speed} {cells}| {num(r['compile_s'], '.1f')} | {num(c.get('loss_abs_diff'), '.2e')} "
                    f"| {num(c.get('param_max_abs_diff'), '.2e')} | {bit} | {note} |")
     details = []
     for r in report["results"]:
@@ -285,6 +416,8 @@ def format_markdown(report):
         for j in cov.get("jit", []):
             if j.get("script_error"):
                 lines.append(f"  - {j['model']}: torch.jit.script failed, traced instead: {j['script_error']}")
+        if (r.get("coexec") or {}).get("first_divergence"):
+            lines.append(f"  - first divergence (fallback): {r['coexec']['first_divergence']}")
         if lines:
             details.append(f"- **{r['program']} / {r['mode']}**")
             details.extend(lines)
@@ -304,7 +437,7 @@ def plot(report, path):
     rows = report["results"]
     programs = list(dict.fromkeys(r["program"] for r in rows))
     modes = [m for m in report["config"]["modes"] if m != "eager"]
-    colors = {"terra": "#2ca02c", "compile": "#1f77b4", "jit": "#ff7f0e"}
+    colors = {"terra": "#2ca02c", "coexec": "#d62728", "compile": "#1f77b4", "jit": "#ff7f0e"}
     by_key = {(r["program"], r["mode"]): r for r in rows}
     speedups = [r["speedup_vs_eager"] for r in rows if r["speedup_vs_eager"]]
     low = min([0.5] + speedups) / 2.0
@@ -353,7 +486,7 @@ def plot(report, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--programs", default="all", help='"all" or comma-separated names or paths')
-    p.add_argument("--modes", default="eager,terra,compile,jit")
+    p.add_argument("--modes", default="eager,terra,coexec,compile,jit")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
@@ -365,7 +498,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads per program process (0: default)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
     p.add_argument("--terrarun", default=None,
-                   help='launcher command for mode terra (default: "terrarun -np 1" if on PATH)')
+                   help='launcher command for modes terra and coexec (default: "terrarun -np 1" if on PATH)')
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--markdown", default=None, help="write the table as Markdown")
@@ -421,10 +554,7 @@ def main(argv=None):
             for mode in args.modes:
                 print(f"[bench] {name} / {mode} ...", file=sys.stderr, flush=True)
                 if not os.path.exists(path):
-                    row = {"program": name, "mode": mode, "status": "failed", "error": f"no such program: {path}",
-                           "iters_per_s": None, "iters_per_s_repeats": [], "ms_per_iter": None,
-                           "speedup_vs_eager": None, "compile_s": None, "final_loss": None,
-                           "correctness": None, "coverage": {}, "wall_s": 0.0}
+                    row = dict(empty_row(name, mode), status="failed", error=f"no such program: {path}")
                     report["results"].append(row)
                     continue
                 row, results = run_mode(name, path, mode, args, workdir, terrarun)

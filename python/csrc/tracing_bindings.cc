@@ -6,7 +6,11 @@
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <algorithm>
+#include <map>
 #include <memory>
+#include <unordered_map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -162,8 +166,8 @@ class Tracer {
     return "learned";
   }
 
-  void CoexecFetch() {
-    if (coexec_) coexec_->Fetch();
+  void CoexecFetch(const std::string& what) {
+    if (coexec_) coexec_->Fetch(what.c_str());
   }
 
   // Drains and stops; no Python objects (runs without the GIL).
@@ -174,6 +178,7 @@ class Tracer {
       total_ += coexec_->stats();
       busy_s_ += coexec_->executor().busy_seconds();
       wait_s_ += coexec_->executor().drain_wait_seconds();
+      MergeWaits(coexec_->wait_points());
     }
     coexec_.reset();
     coexec_graph_.reset();
@@ -196,6 +201,29 @@ class Tracer {
     d["first_divergence"] = st.first_divergence;
     d["executor_busy_s"] = busy;
     d["fetch_wait_s"] = wait;
+    // Where Python waited, longest total wait first.
+    std::vector<runtime::WaitPoint> points = waits_;
+    if (coexec_) points.insert(points.end(), coexec_->wait_points().begin(), coexec_->wait_points().end());
+    std::map<std::pair<std::string, std::string>, std::pair<uint64_t, double>> by_line;
+    for (const runtime::WaitPoint& p : points) {
+      auto& [count, wait_s] = by_line[{frames_.Describe(p.frames), p.what}];
+      count += p.count;
+      wait_s += p.wait_s;
+    }
+    std::vector<std::pair<double, py::dict>> rows;
+    for (const auto& [key, value] : by_line) {
+      py::dict row;
+      row["where"] = key.first;
+      row["what"] = key.second;
+      row["count"] = value.first;
+      row["wait_s"] = value.second;
+      rows.emplace_back(value.second, std::move(row));
+    }
+    std::stable_sort(rows.begin(), rows.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    py::list list;
+    for (auto& row : rows) list.append(std::move(row.second));
+    d["fetch_points"] = list;
     return d;
   }
 
@@ -234,7 +262,24 @@ class Tracer {
   std::unique_ptr<runtime::Validator> validator_;
   std::unique_ptr<graph::TraceGraph> coexec_graph_;
   std::unique_ptr<runtime::CoExecutor> coexec_;
+  // Adds a finished run's waits, one entry per (frames, what).
+  void MergeWaits(const std::vector<runtime::WaitPoint>& points) {
+    for (const runtime::WaitPoint& p : points) {
+      std::string key = p.what;
+      for (const graph::Frame& f : p.frames) key += ":" + std::to_string(f.code_id) + "/" + std::to_string(f.offset);
+      auto [it, added] = wait_index_.try_emplace(std::move(key), waits_.size());
+      if (added) {
+        waits_.push_back(p);
+      } else {
+        waits_[it->second].count += p.count;
+        waits_[it->second].wait_s += p.wait_s;
+      }
+    }
+  }
+
   runtime::CoExecutionStats total_;
+  std::vector<runtime::WaitPoint> waits_;  // of finished co-execution runs
+  std::unordered_map<std::string, size_t> wait_index_;
   double busy_s_ = 0;
   double wait_s_ = 0;
 };
@@ -283,12 +328,10 @@ void BindTracing(py::module_& m) {
           },
           "An iteration boundary; False when the iteration left the TraceGraph.")
       .def(
-          "coexec_fetch",
-          [](Tracer& t) {
-            py::gil_scoped_release no_gil;
-            t.CoexecFetch();
-          },
-          "Wait until every op issued so far has run (Python reads a value).")
+          "coexec_fetch", [](Tracer& t, const std::string& what) { t.CoexecFetch(what); },
+          py::arg("what") = "a direct read",
+          "Wait until every op issued so far has run (Python reads a value; `what` names the "
+          "read). The wait itself releases the GIL.")
       .def(
           "coexec_stop",
           [](Tracer& t) {

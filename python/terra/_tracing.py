@@ -14,12 +14,18 @@ no Python per op). This module holds the policy around it:
   printing's own ops are not mistaken for the program's.
 - Modes: ``trace`` records for the whole run; ``auto`` records until the
   TraceGraph has not changed for ``stable_after`` iterations, then stops;
-  ``coexec`` (experimental, CPU, one process) records until stable and then
+  ``coexec`` (experimental, CPU) records until stable and then
   co-executes: each op is validated against the TraceGraph and handed to the
   C++ executor, Python gets future tensors, and reads of values wait for
   them; an iteration that leaves the graph finishes eagerly, the next one is
   traced, and co-execution resumes once the graph is stable again;
   ``eager`` records nothing.
+- Several ranks (terra.distributed with world_size > 1): the decisions
+  taken at a boundary while tracing (start co-executing, stop tracing when
+  stable, give up) are agreed by all ranks at the same iteration through the
+  control-plane store (``_Session._agree``), and terra.distributed's
+  collectives make co-executed values real before they touch tensor memory
+  (``fetch_for_collective``).
 
 Only the thread that enables tracing is traced, plus the autograd engine's
 threads working for it.
@@ -27,10 +33,12 @@ threads working for it.
 
 import atexit
 import contextlib
+import itertools
 import os
 import sys
 import sysconfig
 import threading
+import time
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -43,6 +51,23 @@ DEFAULT_STABLE_AFTER = 3
 # not stable is given up on (tracing costs more than eager; the rest runs
 # eagerly). TERRA_GIVE_UP_AFTER overrides it.
 DEFAULT_GIVE_UP_AFTER = 20
+_REPORT_WAIT_POINTS = 8  # wait points the report lists
+# Several ranks: how long a rank waits at a traced boundary for the others'
+# votes (a rank still computing its iteration), and the slice between checks
+# whether a rank stopped voting.
+AGREE_TIMEOUT_S = 300.0
+_AGREE_POLL_S = 0.5
+_session_numbers = itertools.count(1)  # keys each session's store entries apart
+
+
+def _peer_client():
+    """(control client, rank, world size) when this process is one of several
+    ranks of a terrarun job, else None."""
+    group = sys.modules.get("terra.distributed._group")
+    g = getattr(group, "_group", None)
+    if g is None or g.client is None or g.world_size <= 1:
+        return None
+    return g.client, g.rank, g.world_size
 
 
 def _library_prefixes():
@@ -73,6 +98,12 @@ class _Session:
         self.synchronous = False  # debug mode: the executor runs each op at once
         self.coexec_iterations = 0
         self.fallbacks = 0
+        self.boundaries = 0  # iterations ended, the prologue's included
+        self.coexec_started_at = None  # the iteration (0-based) co-execution started with
+        self.locally_stable_at = None  # the first such iteration by this rank's graph alone
+        # Several ranks: this rank still votes at each boundary (_agree).
+        self._voting = _peer_client() is not None and mode in ("auto", "coexec")
+        self._agree_key = f"terra/trace/{next(_session_numbers)}/"
         self._hook = register_optimizer_step_post_hook(self._on_step)
         _sync.install(self._on_read, self._suspend)
         self._start()
@@ -83,6 +114,8 @@ class _Session:
         self.active = True
 
     def _stop(self, reason):
+        if self._voting:
+            self._leave_vote()
         if self.phase == "coexec":
             self.tracer.coexec_stop()
             self.phase = "trace"
@@ -109,7 +142,7 @@ class _Session:
     def _on_read(self, tensor, kind):
         if self.active and threading.get_ident() == self.thread:
             if self.phase == "coexec":
-                self.tracer.coexec_fetch()  # the value must be real before Python reads it
+                self.tracer.coexec_fetch(kind)  # the value must be real before Python reads it
             else:
                 self.tracer.sync(tensor, kind)
 
@@ -138,6 +171,7 @@ class _Session:
         self._boundary(merge=not first)
 
     def _boundary(self, merge):
+        self.boundaries += 1
         if self.phase == "coexec":
             self.coexec_iterations += 1
             if self.tracer.coexec_iteration() == "learned":
@@ -146,17 +180,90 @@ class _Session:
                 self.fallbacks += 1
             return
         self.tracer.end_iteration(merge)
-        if not self.tracer.is_stable(self.stable_after):
-            traced = self.tracer.traced_iterations() if merge else 0
-            if self.mode in ("auto", "coexec") and traced >= self.give_up_after:
-                self._stop("unstable")
+        if self.mode not in ("auto", "coexec"):
             return
-        if self.mode == "auto":
+        if self.tracer.is_stable(self.stable_after):
+            local = "stable"
+            if self.locally_stable_at is None:
+                self.locally_stable_at = self.boundaries
+        else:
+            traced = self.tracer.traced_iterations() if merge else 0
+            local = "give_up" if traced >= self.give_up_after else "trace"
+        decision = self._agree(local) if self._voting else local
+        if decision == "trace":
+            return
+        self._voting = False  # every rank takes this decision at this boundary
+        if decision == "give_up":
+            self._stop("unstable" if local == "give_up" else "unstable_elsewhere")
+        elif self.mode == "auto":
             self._stop("stable")
-        elif self.mode == "coexec":
+        else:
             self.tracer.stop()
             self.tracer.coexec_start(self.synchronous)
             self.phase = "coexec"
+            self.coexec_started_at = self.boundaries
+
+    # -- agreement between ranks -------------------------------------------
+    # Protocol (one round per boundary while tracing, keyed by the session
+    # (the count of terra.enable() calls, so a second session never reads the
+    # first one's votes) and the boundary's number n, the same on every rank
+    # since all run the same iterations):
+    #   1. each rank sets  terra/trace/<session>/vote/<n>/<rank> = its verdict
+    #      ("trace", "stable" or "give_up");
+    #   2. each rank reads every other rank's vote for n and computes the same
+    #      decision from the same votes: "give_up" if any rank gives up, else
+    #      "stable" if every rank is stable, else "trace".
+    # A rank that stops voting early (terra.disable(), or its program ends
+    # while the others still trace) sets terra/trace/<session>/left/<rank>; the
+    # others then count it out of every later round. Its vote for a round is
+    # set before its "left" mark, so every rank sees the same set of votes.
+    # A rank that neither votes nor leaves for AGREE_TIMEOUT_S is an error
+    # naming it (never a hang). The store has no delete: the keys are bounded
+    # by the boundaries traced (at most give_up_after plus the prologue).
+    def _agree(self, local):
+        peer = _peer_client()
+        if peer is None:  # the program shut terra.distributed down
+            return local
+        client, rank, world = peer
+        n = self.boundaries
+        client.set(f"{self._agree_key}vote/{n}/{rank}", local.encode())
+        votes = [local]
+        for r in range(world):
+            if r != rank:
+                vote = self._vote_of(client, r, n)
+                if vote is not None:
+                    votes.append(vote)
+        if "give_up" in votes:
+            return "give_up"
+        return "stable" if all(v == "stable" for v in votes) else "trace"
+
+    def _vote_of(self, client, r, n):
+        """Rank r's vote at boundary n, or None when r stopped voting before it."""
+        key, left = f"{self._agree_key}vote/{n}/{r}", f"{self._agree_key}left/{r}"
+        deadline = time.monotonic() + AGREE_TIMEOUT_S
+        while True:
+            try:
+                return client.get(key, _AGREE_POLL_S).decode()
+            except _C.TerraTimeoutError:
+                pass
+            if client.check([left]):
+                return client.get(key, _AGREE_POLL_S).decode() if client.check([key]) else None
+            if time.monotonic() >= deadline:
+                raise _C.TerraTimeoutError(
+                    f"terra: rank {self.rank} waited {AGREE_TIMEOUT_S:.0f} s at iteration {n} for "
+                    f"rank {r} to say whether its TraceGraph is stable; rank {r} has not reached "
+                    "that iteration's end. Every rank must end the same number of iterations "
+                    "(optimizer steps, or terra.iteration() marks) while tracing.")
+
+    def _leave_vote(self):
+        self._voting = False
+        peer = _peer_client()
+        if peer is None:
+            return
+        try:
+            peer[0].set(f"{self._agree_key}left/{peer[1]}", b"1")
+        except Exception:  # noqa: BLE001 (leaving: the control plane may be gone)
+            pass
 
     # -- results -----------------------------------------------------------
     def report(self):
@@ -167,6 +274,9 @@ class _Session:
         elif self.stopped_reason == "unstable":
             text += (f"  tracing stopped: the TraceGraph was still changing after {self.give_up_after} "
                      "iterations (new shapes or paths every iteration); the rest ran eagerly\n")
+        elif self.stopped_reason == "unstable_elsewhere":
+            text += ("  tracing stopped: another rank's TraceGraph was still changing after "
+                     f"{self.give_up_after} iterations; every rank ran the rest eagerly\n")
         elif self.stopped_reason == "disabled":
             text += "  tracing was stopped by terra.disable()\n"
         if self.mode == "coexec":
@@ -175,11 +285,21 @@ class _Session:
                      f"{c['submitted']} ops to the executor, {c['eager']} run by Python (views, fetches), "
                      f"{c['fetches']} fetches; executor busy {c['executor_busy_s']:.3f} s, "
                      f"Python waited {c['fetch_wait_s']:.3f} s\n")
+            if self.coexec_started_at is not None:
+                text += f"  co-execution started with iteration {self.coexec_started_at}\n"
             if c["first_divergence"]:
                 text += f"  first fallback: {c['first_divergence']}\n"
+            points = c.get("fetch_points") or []
+            if points:
+                text += "  where Python waited for the executor (longest first):\n"
+                for p in points[:_REPORT_WAIT_POINTS]:
+                    text += f"    {p['wait_s']:8.3f} s  {p['count']:6d}x  {p['where']}  {p['what']}\n"
+                if len(points) > _REPORT_WAIT_POINTS:
+                    text += f"    ... and {len(points) - _REPORT_WAIT_POINTS} more\n"
         return text
 
     def at_exit(self):
+        phase = self.phase  # _stop ends co-execution; the stats say where the run ended
         if self.active:
             self._stop("exit")
         if self.report_at_exit and self.rank == 0:
@@ -188,6 +308,46 @@ class _Session:
         if self.dot_path and self.rank == 0:
             with open(self.dot_path, "w") as f:
                 f.write(self.tracer.dot())
+        stats_path = os.environ.get("TERRA_STATS_JSON")
+        if stats_path and self is _last_session():
+            _write_stats_json(stats_path, self.rank, phase)
+
+
+def _jsonable(value):
+    """`value` with anything JSON cannot hold (odd keys, NaN, objects) as text."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _write_stats_json(path, rank, phase):
+    """TERRA_STATS_JSON: stats() as JSON at exit. A path with "{rank}" is per
+    rank; otherwise only rank 0 writes. Never fails the program's exit."""
+    import json
+
+    if "{rank}" in path:
+        path = path.replace("{rank}", str(rank))
+    elif rank != 0:
+        return
+    try:
+        data = stats()
+        if "coexec" in data:
+            data["coexec"] = dict(data["coexec"], phase=phase)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(_jsonable(data), f, indent=1)
+        os.replace(tmp, path)
+    except Exception as error:  # the program's own exit status must stand
+        print(f"terra: could not write TERRA_STATS_JSON={path!r}: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
 
 
 _session = None
@@ -276,8 +436,30 @@ def stats():
     d = s.tracer.stats()
     if s.mode == "coexec":
         d["coexec"] = dict(s.tracer.coexec_stats(), iterations=s.coexec_iterations,
-                           fallbacks=s.fallbacks, phase=s.phase)
+                           fallbacks=s.fallbacks, phase=s.phase,
+                           started_at_iteration=s.coexec_started_at,
+                           locally_stable_at_iteration=s.locally_stable_at)
     return d
+
+
+def untraced():
+    """A context manager: the block's ATen ops on this thread are neither
+    recorded nor co-executed; they run eagerly, as Terra's own reads do
+    (``_sync``). For Terra's own code whose ops must not be deferred."""
+    s = _session
+    return s._suspend() if s is not None else contextlib.nullcontext()
+
+
+def fetch_for_collective():
+    """Makes every co-executed value real before a terra.distributed
+    collective reads or writes tensor memory directly (the communicators do
+    not go through ATen, so they would read a future's unfilled memory, or
+    race the executor's pending writes). Drains the executor when this
+    thread co-executes; otherwise does nothing. Collectives from other
+    threads are not ordered with the program thread's co-executed ops."""
+    s = _session
+    if s is not None and s.phase == "coexec" and threading.get_ident() == s.thread:
+        s.tracer.coexec_fetch("collective")
 
 
 def dot():

@@ -238,3 +238,77 @@ def test_debug_mode_reports_a_failing_op_at_its_line(tmp_path):
     assert "co-execution:" in proc.stderr, proc.stderr[-3000:]
     found = COEXEC_LINE.search(proc.stderr)
     assert found and int(found.group(1)) > 0, proc.stderr[-3000:]
+
+
+WAITS = '''
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x = torch.randn(8, 4)
+for i in range(14):
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    value = loss.item()  # <item>
+    arr = model.weight.detach().numpy()  # <numpy>
+'''
+
+
+def test_report_lists_where_python_waited(tmp_path):
+    # The report names each place the program waited for the executor, with
+    # its line, what read the value, how often and for how long.
+    prog = tmp_path / "prog.py"
+    prog.write_text(WAITS)
+    lines = WAITS.splitlines()
+    item = next(i + 1 for i, text in enumerate(lines) if "<item>" in text)
+    numpy = next(i + 1 for i, text in enumerate(lines) if "<numpy>" in text)
+    proc = subprocess.run(["terrarun", "--mode", "coexec", "--report", str(prog)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = proc.stderr[proc.stderr.index("where Python waited"):]
+    rows = {}
+    for row in report.splitlines()[1:]:
+        m = re.search(r"\s([\d.]+) s\s+(\d+)x\s+(\S+) in \S+\s+(.+)$", row)
+        if m:
+            rows[(m.group(3), m.group(4))] = (float(m.group(1)), int(m.group(2)))
+    item_row = rows.get((f"prog.py:{item}", "aten::_local_scalar_dense"))
+    numpy_row = rows.get((f"prog.py:{numpy}", "numpy"))
+    assert item_row and numpy_row, report
+    assert item_row[1] >= 5 and numpy_row[1] >= 5, report  # once per co-executed iteration
+    assert item_row[0] >= 0 and numpy_row[0] >= 0
+
+
+LITERALS = '''
+import torch
+torch.use_deterministic_algorithms(True)  # fills every fresh allocation (an in-place fill_)
+torch.manual_seed(0)
+m = torch.nn.Linear(2, 1)
+opt = torch.optim.SGD(m.parameters(), lr=0.1)
+for i in range(10):
+    m(torch.ones(1, 2)).sum().backward()  # the executor has work queued when the literals come
+    flags = [True, i % 2 == 0, False]
+    t = torch.tensor(flags, dtype=torch.int32)
+    u = torch.tensor([1.5, 2.5])
+    print("values", i, t.tolist(), u.tolist(), flush=True)
+    opt.step()
+'''
+
+
+def test_tensor_literals_keep_their_values(tmp_path):
+    # torch.tensor allocates, fills the fresh memory (deterministic mode)
+    # and then stores its data directly, not through an op: the fill must
+    # not be queued behind other work and land after the store.
+    prog = tmp_path / "prog.py"
+    prog.write_text(LITERALS)
+    proc = subprocess.run(["terrarun", "--mode", "coexec", "--report", str(prog)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [ln.split("values ", 1)[1] for ln in proc.stdout.splitlines() if "values " in ln]
+    want = [f"{i} {[1, int(i % 2 == 0), 0]} [1.5, 2.5]" for i in range(10)]
+    assert got == want, proc.stdout
+    found = COEXEC_LINE.search(proc.stderr)
+    assert found and int(found.group(1)) > 0, proc.stderr[-3000:]

@@ -18,6 +18,7 @@ between iterations, nodes equal to ops per iteration, equal graphs for two trip 
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -85,9 +86,10 @@ class Program:
     def where(self, marker, function="<module>"):
         return f"prog.py:{self.line(marker)} in {function}"
 
-    def run(self, *args, timeout=180):
+    def run(self, *args, timeout=180, env=None):
         proc = subprocess.run([sys.executable, str(self.path), *map(str, args)], cwd=self.dir,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else dict(os.environ, **env))
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         results = [ln[len("RESULT "):] for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         assert len(results) == 1, proc.stdout[-3000:]
@@ -952,3 +954,46 @@ def test_changing_python_scalars_are_fed_not_new_nodes(tmp_path):
     # weight and the bias in Python: that loop is a real branch, kept.)
     assert stats["stable_for"] == 6
     assert stats["nodes"] <= per[-1]
+
+
+# --- TERRA_STATS_JSON: stats() written at exit -------------------------------------
+
+STATS_AT_EXIT = """
+terra.enable("coexec", rank=int(sys.argv[1]))
+torch.manual_seed(0)
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(8, 4)
+for _ in range(8):
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    loss.item()
+emit(stats=terra.stats())
+"""
+
+
+@pytest.mark.parametrize("name, rank, written", [
+    ("stats.json", 0, "stats.json"),
+    ("stats.json", 1, None),  # without "{rank}" only rank 0 writes
+    ("stats.{rank}.json", 1, "stats.1.json"),
+])
+def test_stats_json_written_at_exit(tmp_path, name, rank, written):
+    program = Program(tmp_path, STATS_AT_EXIT)
+    r = program.run(rank, env={"TERRA_STATS_JSON": str(tmp_path / name)})
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("stats"))
+    assert files == ([written] if written else []), files
+    if not written:
+        return
+    at_exit = json.loads((tmp_path / written).read_text())
+    # Everything stats() held during the run, with the figures of the whole run.
+    assert at_exit.keys() == r["stats"].keys()
+    c = at_exit["coexec"]
+    for key in ("submitted", "eager", "fetches", "executor_busy_s", "fetch_wait_s",
+                "first_divergence", "iterations", "fallbacks", "phase"):
+        assert key in c, key
+    assert c["phase"] == "coexec"  # where the run ended, not the shutdown's "trace"
+    assert c["iterations"] >= r["stats"]["coexec"]["iterations"] > 0
+    assert c["submitted"] >= r["stats"]["coexec"]["submitted"] > 0
+    assert c["executor_busy_s"] >= 0 and c["fetch_wait_s"] >= 0

@@ -8,12 +8,19 @@ issue the same collectives in the same order, as with torch.distributed.
 result is in place. ``timeout`` (seconds; default 10 minutes) bounds each
 collective: past it the collective fails with terra.TerraTimeoutError and the
 communicator is broken (the job should exit; terrarun stops the other ranks).
+
+Under co-execution (``--mode coexec``) the communicators read and write tensor
+memory directly, not through ATen: each call first makes the co-executed
+values real (``_tracing.fetch_for_collective``: the executor is drained), so
+a collective never reads a future's unfilled memory or races the executor's
+pending writes into its tensors. What the program does with the results
+afterwards is ATen ops again, co-executed as usual.
 """
 import enum
 
 import torch
 
-from terra import _C
+from terra import _C, _tracing
 from terra.distributed import _group
 
 
@@ -102,12 +109,14 @@ def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False, timeout=None
     _check_group(group)
     if tensor.is_complex() and _op(op) in (ReduceOp.SUM, ReduceOp.AVG):
         tensor = torch.view_as_real(tensor)  # sums and averages part by part
+    _tracing.fetch_for_collective()
     return _finish(_group.process_group().all_reduce(tensor, _op(op), timeout, _stream(tensor)), async_op)
 
 
 def broadcast(tensor, src=0, group=None, async_op=False, timeout=None):
     """Copies rank ``src``'s ``tensor`` into every rank's ``tensor``."""
     _check_group(group)
+    _tracing.fetch_for_collective()
     return _finish(_group.process_group().broadcast(tensor, src, timeout, _stream(tensor)), async_op)
 
 
@@ -116,6 +125,7 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=Fal
     """``output_tensor`` (world_size times ``input_tensor``'s elements) gets every
     rank's ``input_tensor``, in rank order."""
     _check_group(group)
+    _tracing.fetch_for_collective()
     work = _group.process_group().all_gather(output_tensor, input_tensor, timeout,
                                              _stream(input_tensor))
     return _finish(work, async_op)
@@ -127,8 +137,9 @@ def all_gather(tensor_list, tensor, group=None, async_op=False, timeout=None):
     world = _group.world_size()
     _check_per_rank_list("all_gather", "tensor_list", tensor_list, tensor, "input", world)
     flat = torch.empty((world,) + tuple(tensor.shape), dtype=tensor.dtype, device=tensor.device)
-    work = _group.process_group().all_gather(flat, tensor.contiguous(), timeout,
-                                             _stream(tensor))
+    tensor = tensor.contiguous()
+    _tracing.fetch_for_collective()
+    work = _group.process_group().all_gather(flat, tensor, timeout, _stream(tensor))
 
     def scatter_back():
         for out, block in zip(tensor_list, flat):
@@ -141,6 +152,7 @@ def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=F
     """``output`` gets block ``rank`` of the reduction of every rank's ``input``
     (world_size times ``output``'s elements)."""
     _check_group(group)
+    _tracing.fetch_for_collective()
     work = _group.process_group().reduce_scatter(output, input, _op(op), timeout,
                                                  _stream(input))
     return _finish(work, async_op)
@@ -153,6 +165,7 @@ def reduce_scatter(output, input_list, op=ReduceOp.SUM, group=None, async_op=Fal
     world = _group.world_size()
     _check_per_rank_list("reduce_scatter", "input_list", input_list, output, "output", world)
     flat = torch.stack(list(input_list))
+    _tracing.fetch_for_collective()
     work = _group.process_group().reduce_scatter(output, flat, _op(op), timeout, _stream(flat))
     return _finish(work, async_op)
 
