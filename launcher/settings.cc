@@ -119,7 +119,7 @@ options:
   -H, --hosts H:S,...      run on these hosts with S slots each, through Open MPI's mpirun
   --hostfile FILE          an Open MPI hostfile, through mpirun
   --mode MODE              eager | trace | auto | coexec (default auto): what Terra does with the
-                           program; coexec (experimental, one CPU process) co-executes once traced
+                           program; coexec (experimental, CPU, any -np) co-executes once traced
   --debug                  single-process debug mode (implies -np 1 and --report)
   --report                 each rank prints a tracing report at exit (needs trace or auto)
   --dot FILE               rank 0 writes the traced graph to FILE as Graphviz DOT at exit
