@@ -442,14 +442,6 @@ def stats():
     return d
 
 
-def untraced():
-    """A context manager: the block's ATen ops on this thread are neither
-    recorded nor co-executed; they run eagerly, as Terra's own reads do
-    (``_sync``). For Terra's own code whose ops must not be deferred."""
-    s = _session
-    return s._suspend() if s is not None else contextlib.nullcontext()
-
-
 def fetch_for_collective():
     """Makes every co-executed value real before a terra.distributed
     collective reads or writes tensor memory directly (the communicators do

@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from terra import _C, _tracing
+from terra import _C
 from terra.distributed import _collectives
 from terra.distributed import _group
 
@@ -274,12 +274,7 @@ class DistributedDataParallel(torch.nn.Module):
         if unready and self.find_unused_parameters:
             # Which parameters any rank used: one more all-reduce, after the
             # buckets, as PyTorch's DDP does.
-            # Eagerly: torch.tensor writes the flags straight into a fresh
-            # allocation, and with torch.use_deterministic_algorithms the
-            # allocation's NaN/max-int fill_ would be co-executed after that
-            # write (docs/coexecution.md, "Several ranks").
-            with _tracing.untraced():
-                local = torch.tensor(self._ready, dtype=torch.int32)
+            local = torch.tensor(self._ready, dtype=torch.int32)
             for i in unready:
                 self._ready[i] = True
                 self._bucket_of[i].pending -= 1
