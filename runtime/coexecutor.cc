@@ -74,6 +74,7 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
   for (const c10::Argument& arg : schema.arguments()) {
     if (arg.alias_info() != nullptr && arg.alias_info()->isWrite()) mutates = true;
   }
+  k.writes = mutates;
   if (!all_tensors) {
     k.kind = Kind::kFetch;  // Python gets a number (or something else) computed from data
   } else if (any_view && !any_write && !mutates) {
@@ -127,6 +128,7 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op) {
   diverged_ = true;
   diverged_after_ = validator_.last_position();
   DrainAt(op.operator_name().name + " (fallback: left the TraceGraph)");
+  executor_.RestoreProgramThreads();  // the rest of the iteration runs here
 }
 
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
@@ -164,7 +166,16 @@ void CoExecutor::OnOpFailed(const c10::OperatorHandle& op) {
 void CoExecutor::DrainAt(const std::string& what) {
   const double before = executor_.drain_wait_seconds();
   executor_.Drain();  // a failure of the executor's surfaces here
-  const double waited = executor_.drain_wait_seconds() - before;
+  ChargeWait(executor_.drain_wait_seconds() - before, what);
+}
+
+void CoExecutor::AwaitAt(c10::ArrayRef<c10::IValue> values, const std::string& what) {
+  const double before = executor_.drain_wait_seconds();
+  executor_.AwaitValues(values);  // a failure of the executor's surfaces here
+  ChargeWait(executor_.drain_wait_seconds() - before, what);
+}
+
+void CoExecutor::ChargeWait(double waited, const std::string& what) {
   locator_->source().CurrentFrames(&frames_);
   graph::Fnv1aWriter h;
   for (const graph::Frame& f : frames_) {
@@ -182,6 +193,11 @@ void CoExecutor::DrainAt(const std::string& what) {
 void CoExecutor::Fetch(const char* what) {
   ++stats_.fetches;
   DrainAt(what);
+}
+
+void CoExecutor::FetchValue(const at::Tensor& t, const char* what) {
+  ++stats_.fetches;
+  AwaitAt(c10::IValue(t), what);
 }
 
 CoExecutor::Boundary CoExecutor::EndIteration() {
@@ -230,7 +246,12 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     case Kind::kEager:
       // Runs here, on real inputs: everything before it must have run.
       ++stats_.eager;
-      if (k == Kind::kFetch) {
+      if (k == Kind::kFetch && !kind.writes) {
+        // Reads only: waits for the ops that write its inputs, and the
+        // executor goes on with the rest meanwhile.
+        ++stats_.fetches;
+        AwaitAt(inputs, op.operator_name().name);
+      } else if (k == Kind::kFetch) {
         ++stats_.fetches;
         DrainAt(op.operator_name().name);
       } else {

@@ -80,6 +80,9 @@ class CoExecutor final : public OpObserver {
   // Python reads a value directly (numpy(), print, ...; `what` names the
   // read): make it real.
   void Fetch(const char* what = "a direct read");
+  // Python only reads `t` (print, tolist, save): waits for the ops that write
+  // it, not for everything queued.
+  void FetchValue(const at::Tensor& t, const char* what);
   // An iteration boundary. kFollowed: the iteration followed the graph.
   // kLearned: it left the graph (or ended where the graph does not end); the
   // path it took instead was recorded and merged into the recorder's graph,
@@ -97,6 +100,7 @@ class CoExecutor final : public OpObserver {
   struct OpKind {
     Kind kind = Kind::kEager;
     std::vector<int> returned_args;  // in-place: argument index each return aliases
+    bool writes = false;             // writes any argument
     bool list_return = false;        // compute: one Tensor[] return
     size_t tensor_returns = 0;       // compute: Tensor returns (no list)
   };
@@ -108,6 +112,9 @@ class CoExecutor final : public OpObserver {
   bool RunsNow(c10::ArrayRef<c10::IValue> inputs) const;
   // Drains, charging the wait to the program's current location.
   void DrainAt(const std::string& what);
+  // Waits for the ops that write these values (only), charged likewise.
+  void AwaitAt(c10::ArrayRef<c10::IValue> values, const std::string& what);
+  void ChargeWait(double waited, const std::string& what);
 
   const graph::TraceGraph* graph_;
   Recorder* recorder_;

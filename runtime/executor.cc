@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <unordered_set>
 #include <utility>
 
 #include "runtime/base/check.h"
@@ -38,12 +37,39 @@ inline void CpuRelax() {
 #endif
 }
 
+// OpenMP's and MKL's per-thread settings, found at run time (absent: there
+// is nothing to set).
+struct ThreadingLibrary {
+  void (*omp_set)(int) = nullptr;
+  int (*omp_pause_all)(int) = nullptr;  // omp_pause_resource_all (OpenMP 5)
+  int (*mkl_set)(int) = nullptr;         // by value: MKL_Set_Num_Threads_Local
+
+  static const ThreadingLibrary& Get() {
+    static const ThreadingLibrary lib;
+    return lib;
+  }
+
+ private:
+  ThreadingLibrary() {
+    if (void* gomp = dlopen("libgomp.so.1", RTLD_LAZY | RTLD_NOLOAD)) {
+      omp_set = reinterpret_cast<void (*)(int)>(dlsym(gomp, "omp_set_num_threads"));
+      omp_pause_all = reinterpret_cast<int (*)(int)>(dlsym(gomp, "omp_pause_resource_all"));
+    }
+    // MKL's C entry point takes the number by value; the lower-case names
+    // are its Fortran entry points, which take a pointer.
+    mkl_set = reinterpret_cast<int (*)(int)>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
+    if (mkl_set == nullptr) {
+      if (void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD)) {
+        mkl_set = reinterpret_cast<int (*)(int)>(dlsym(torch_cpu, "MKL_Set_Num_Threads_Local"));
+      }
+    }
+  }
+};
+
 // The executor thread's intra-op threads. While the program's thread runs
 // Python it needs a core of its own, so the executor's kernels use one
 // thread fewer than PyTorch's setting; while the program waits in Drain, they
-// use them all. TERRA_EXECUTOR_THREADS fixes the number instead. OpenMP's
-// and MKL's per-thread settings are found at run time (absent: nothing to
-// set; the kernels use PyTorch's setting).
+// use them all. TERRA_EXECUTOR_THREADS fixes the number instead.
 class IntraOpThreads {
  public:
   IntraOpThreads() {
@@ -53,34 +79,44 @@ class IntraOpThreads {
     if (const char* fixed = std::getenv("TERRA_EXECUTOR_THREADS"); fixed != nullptr && *fixed != 0) {
       full_ = shared_ = std::max(1, std::atoi(fixed));
     }
-    if (void* gomp = dlopen("libgomp.so.1", RTLD_LAZY | RTLD_NOLOAD)) {
-      omp_set_ = reinterpret_cast<void (*)(int)>(dlsym(gomp, "omp_set_num_threads"));
-    }
-    // MKL's C entry point takes the number by value; the lower-case names
-    // are its Fortran entry points, which take a pointer.
-    mkl_set_ = reinterpret_cast<int (*)(int)>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
-    if (mkl_set_ == nullptr) {
-      if (void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD)) {
-        mkl_set_ = reinterpret_cast<int (*)(int)>(dlsym(torch_cpu, "MKL_Set_Num_Threads_Local"));
-      }
-    }
   }
 
   void Use(bool program_waiting) {
     const int n = program_waiting ? full_ : shared_;
     if (n == current_) return;
     current_ = n;
-    if (omp_set_ != nullptr) omp_set_(n);
-    if (mkl_set_ != nullptr) mkl_set_(n);
+    const ThreadingLibrary& lib = ThreadingLibrary::Get();
+    if (lib.omp_set != nullptr) lib.omp_set(n);
+    if (lib.mkl_set != nullptr) lib.mkl_set(n);
   }
 
  private:
   int full_ = 1;
   int shared_ = 1;
   int current_ = 0;
-  void (*omp_set_)(int) = nullptr;
-  int (*mkl_set_)(int) = nullptr;
 };
+
+}  // namespace
+
+void ProgramThreadPool::Release() {
+  if (released_) return;
+  released_ = true;
+  threads_ = at::get_num_threads();
+  const ThreadingLibrary& lib = ThreadingLibrary::Get();
+  if (lib.omp_set != nullptr) lib.omp_set(1);
+  if (lib.mkl_set != nullptr) lib.mkl_set(1);
+  if (lib.omp_pause_all != nullptr) (void)lib.omp_pause_all(/*omp_pause_soft=*/1);
+}
+
+void ProgramThreadPool::Restore() {
+  if (!released_) return;
+  released_ = false;
+  const ThreadingLibrary& lib = ThreadingLibrary::Get();
+  if (lib.omp_set != nullptr) lib.omp_set(threads_);
+  if (lib.mkl_set != nullptr) lib.mkl_set(0);  // 0: MKL's global setting again
+}
+
+namespace {
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -129,18 +165,40 @@ SlotArgument SlotArgumentOf(const at::Tensor& t, Slot* slot, uint32_t arg, int32
   return a;
 }
 
+}  // namespace
+
 // Replaces every argument in a future's memory by a SlotArgument (and a
 // placeholder on the stack): the Work then holds no reference to the
-// program's tensor or storage. Tensor lists are copied first.
-void TakeSlotArguments(Work& work, std::unordered_set<const c10::StorageImpl*>* real) {
+// program's tensor or storage. Tensor lists are copied first. Notes which
+// slots the Work writes, and which ordinary storages it touches.
+uint64_t Executor::WrittenArguments(const c10::OperatorHandle& op) {
+  auto [it, added] = written_arguments_.try_emplace(&op.operator_name(), 0);
+  if (added) {
+    const auto& args = op.schema().arguments();
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (args[i].alias_info() != nullptr && args[i].alias_info()->isWrite()) {
+        it->second |= i < 64 ? uint64_t{1} << i : ~uint64_t{0};
+      }
+    }
+  }
+  return it->second;
+}
+
+void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
+  work.written_args = WrittenArguments(*work.op);
   auto note_real = [&](const at::Tensor& t) {
-    if (t.defined() && t.has_storage()) real->insert(t.storage().unsafeGetStorageImpl());
+    if (t.defined() && t.has_storage()) referenced_[t.storage().unsafeGetStorageImpl()] = seq + 1;
+  };
+  auto take = [&](const at::Tensor& t, Slot* slot, uint32_t i, int32_t element) {
+    const bool written = i < 64 ? (work.written_args >> i & 1) != 0 : work.written_args == ~uint64_t{0};
+    if (written) slot->written = seq + 1;
+    work.slot_args.push_back(SlotArgumentOf(t, slot, i, element));
   };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
     c10::IValue& v = work.inputs[i];
     if (v.isTensor()) {
       if (Slot* slot = SlotOf(v.toTensor())) {
-        work.slot_args.push_back(SlotArgumentOf(v.toTensor(), slot, i, -1));
+        take(v.toTensor(), slot, i, -1);
         v = c10::IValue(at::Tensor());
       } else {
         note_real(v.toTensor());
@@ -159,7 +217,7 @@ void TakeSlotArguments(Work& work, std::unordered_set<const c10::StorageImpl*>* 
           list = list.copy();
           copied = true;
         }
-        work.slot_args.push_back(SlotArgumentOf(t, slot, i, static_cast<int32_t>(j)));
+        take(t, slot, i, static_cast<int32_t>(j));
         list.set(j, at::Tensor());
       }
       if (copied) v = c10::IValue(std::move(list));
@@ -178,13 +236,15 @@ void TakeSlotArguments(Work& work, std::unordered_set<const c10::StorageImpl*>* 
           list = list.copy();
           copied = true;
         }
-        work.slot_args.push_back(SlotArgumentOf(e.toTensor(), slot, i, static_cast<int32_t>(j)));
+        take(e.toTensor(), slot, i, static_cast<int32_t>(j));
         list.set(j, c10::IValue());
       }
       if (copied) v = c10::IValue(std::move(list));
     }
   }
 }
+
+namespace {
 
 // The executor's own tensor for a slot argument (executor thread).
 at::Tensor Rebuild(const SlotArgument& a, const Work& work) {
@@ -222,7 +282,10 @@ at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::Sca
 
 Executor::Executor(bool synchronous, WaitWrapper around_wait)
     : synchronous_(synchronous), around_wait_(std::move(around_wait)), ring_(synchronous ? 1 : kRing) {
-  if (!synchronous_) thread_ = std::thread([this] { Loop(); });
+  if (!synchronous_) {
+    program_pool_.Release();
+    thread_ = std::thread([this] { Loop(); });
+  }
 }
 
 Executor::~Executor() {
@@ -235,6 +298,7 @@ Executor::~Executor() {
     }
     wake_executor_.notify_all();
     thread_.join();
+    program_pool_.Restore();
   }
 }
 
@@ -267,7 +331,9 @@ at::Tensor Executor::NewFuture(const graph::TensorMeta& meta, FutureOutput* outp
                                         static_cast<c10::DeviceIndex>(meta.device_index)),
                             output);
   output->meta = &meta;
-  unmaterialized_.push_back(t.storage().getWeakStorageImpl());
+  const uint64_t seq = head_.load(std::memory_order_relaxed);  // the Work being filled
+  SlotOf(t)->written = seq + 1;
+  unmaterialized_.emplace_back(seq, t.storage().getWeakStorageImpl());
   return t;
 }
 
@@ -284,13 +350,14 @@ void Executor::Commit() {
   ++submitted_;
   if (synchronous_) {
     Work& work = ring_[0];
-    TakeSlotArguments(work, &referenced_);
+    TakeSlotArguments(work, 0);
+    referenced_.clear();  // it runs now
     if (!error_) {
       const double start = Now();
       try {
         Run(work);
         busy_ns_.fetch_add(static_cast<uint64_t>((Now() - start) * 1e9));
-        Materialize();
+        Materialize(1);
       } catch (...) {
         error_ = std::current_exception();
         error_where_ = Where(work);
@@ -301,7 +368,7 @@ void Executor::Commit() {
     return;
   }
   const uint64_t head = head_.load(std::memory_order_relaxed);
-  TakeSlotArguments(ring_[head & (kRing - 1)], &referenced_);
+  TakeSlotArguments(ring_[head & (kRing - 1)], head);
   head_.store(head + 1);  // seq_cst: ordered before the parked check below
   if (executor_parked_.load()) {
     { std::lock_guard<std::mutex> lock(mu_); }  // the executor is waiting or will see head_
@@ -316,18 +383,69 @@ void Executor::Submit(Work work) {
 }
 
 void Executor::Drain() {
+  uint64_t end = 1;  // synchronous: every Work has run (sequence numbers are 0)
   if (!synchronous_) {
     const double start = Now();
-    const uint64_t end = head_.load(std::memory_order_relaxed);
+    end = head_.load(std::memory_order_relaxed);
     program_waiting_.store(true, std::memory_order_relaxed);
     WaitFor([&] { return tail_.load() == end; });
     program_waiting_.store(false, std::memory_order_relaxed);
     drain_wait_s_ += Now() - start;
   }
   referenced_.clear();
-  Materialize();
+  Materialize(end);
   std::lock_guard<std::mutex> lock(mu_);
   if (error_) ThrowError();
+}
+
+uint64_t Executor::WrittenBy(const at::Tensor& t) const {
+  if (!t.defined() || !t.has_storage()) return 0;
+  if (const Slot* slot = SlotOf(t)) return slot->written;
+  // Ordinary memory: the last Work that touches it (reads included; cheap to
+  // over-wait, and such reads are rare).
+  auto it = referenced_.find(t.storage().unsafeGetStorageImpl());
+  return it == referenced_.end() ? 0 : it->second;
+}
+
+void Executor::AwaitValues(c10::ArrayRef<c10::IValue> values) {
+  uint64_t needed = 0;
+  for (const c10::IValue& v : values) {
+    if (v.isTensor()) {
+      needed = std::max(needed, WrittenBy(v.toTensor()));
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorList()) needed = std::max(needed, WrittenBy(t));
+    } else if (v.isList()) {
+      for (const c10::IValue& e : v.toList()) {
+        if (e.isTensor()) needed = std::max(needed, WrittenBy(e.toTensor()));
+      }
+    }
+  }
+  uint64_t done = 1;
+  if (!synchronous_) {
+    done = tail_.load();
+    if (done < needed) {
+      const double start = Now();
+      program_waiting_.store(true, std::memory_order_relaxed);
+      WaitFor([&] { return tail_.load() >= needed; });
+      program_waiting_.store(false, std::memory_order_relaxed);
+      drain_wait_s_ += Now() - start;
+      done = tail_.load();
+    }
+  }
+  if (failed_.load()) {
+    Drain();  // the Works after the failure are skipped; then it throws
+    return;
+  }
+  Materialize(done);
+  if (referenced_.size() > 1024) {
+    for (auto it = referenced_.begin(); it != referenced_.end();) {
+      it = it->second <= done ? referenced_.erase(it) : std::next(it);
+    }
+  }
+  if (synchronous_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_) ThrowError();
+  }
 }
 
 void Executor::ThrowError() {
@@ -341,9 +459,10 @@ void Executor::ThrowError() {
   }
 }
 
-void Executor::Materialize() {
-  for (const c10::weak_intrusive_ptr<c10::StorageImpl>& weak : unmaterialized_) {
-    c10::intrusive_ptr<c10::StorageImpl> storage = weak.lock();
+void Executor::Materialize(uint64_t done) {
+  size_t i = materialized_;
+  for (; i < unmaterialized_.size() && unmaterialized_[i].first < done; ++i) {
+    c10::intrusive_ptr<c10::StorageImpl> storage = unmaterialized_[i].second.lock();
     if (!storage) continue;  // the program dropped this future
     c10::DataPtr& ptr = storage->_mutable_data_ptr_no_checks();
     if (ptr.get() != nullptr || ptr.get_deleter() != &ReleaseSlot) continue;
@@ -353,11 +472,21 @@ void Executor::Materialize() {
         SlotDataPtr(slot->storage.unsafeGetStorageImpl()->mutable_data(), slot, ptr.device()));
     storage->clear_data_ptr_access_error_msg_();
   }
-  unmaterialized_.clear();
+  if (i == unmaterialized_.size()) {
+    unmaterialized_.clear();
+    materialized_ = 0;
+  } else if (i > 4096 && i * 2 > unmaterialized_.size()) {
+    unmaterialized_.erase(unmaterialized_.begin(), unmaterialized_.begin() + static_cast<std::ptrdiff_t>(i));
+    materialized_ = 0;
+  } else {
+    materialized_ = i;
+  }
 }
 
 bool Executor::MayBeQueued(const at::Tensor& t) const {
-  return t.defined() && t.has_storage() && referenced_.count(t.storage().unsafeGetStorageImpl()) != 0;
+  if (!t.defined() || !t.has_storage()) return false;
+  auto it = referenced_.find(t.storage().unsafeGetStorageImpl());
+  return it != referenced_.end() && it->second > tail_.load(std::memory_order_acquire);
 }
 
 double Executor::busy_seconds() const {

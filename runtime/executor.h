@@ -26,6 +26,12 @@
 //     guard. Only the program's thread touches the program's storages. If a
 //     Work failed, the executor skips the rest (their futures stay guarded)
 //     and Drain throws terra::Error naming the op and where it was issued.
+//   - AwaitValues (a read of some values: `.item()`, printing) waits only
+//     for the last submitted Work that writes their memory (each slot, and
+//     each ordinary storage a Work holds, knows its last writer's sequence
+//     number) and makes real the futures of every Work that has run; the
+//     executor goes on with the rest meanwhile, so the program runs ahead
+//     into its next ops (the next iteration, past `loss.item()`).
 //   - Synchronous mode (debug): Submit runs the work on the caller's thread
 //     at once, so an error surfaces at the line that issued the op.
 // Threading: NewFuture, Submit and Drain from one thread (the program's); the
@@ -46,7 +52,8 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <unordered_set>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "graph/node.h"
@@ -59,6 +66,10 @@ namespace terra::runtime {
 // at the next Drain.
 struct Slot : c10::intrusive_ptr_target {
   c10::Storage storage;
+  // Program's thread only: 1 + the sequence number of the last Work submitted
+  // that writes this value (its producer, or an in-place op on it); a read of
+  // the value waits for that Work only.
+  uint64_t written = 0;
 };
 
 // Where one output of a Work goes. Weak: when neither the program nor a
@@ -89,6 +100,8 @@ struct Work {
   std::string where;                  // the issuing program location, for errors
   const graph::Location* location = nullptr;  // or this (owned by the graph), named on failure
   std::vector<SlotArgument> slot_args;  // filled by Commit
+  uint64_t written_args = 0;  // filled by Commit: bit i, the op writes argument i
+
 
   // Empties the entry for reuse, keeping the vectors' capacity.
   void Clear() {
@@ -98,6 +111,7 @@ struct Work {
     where.clear();
     location = nullptr;
     slot_args.clear();
+    written_args = 0;
   }
 };
 
@@ -117,6 +131,26 @@ at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::Sca
 // PyObject. Empty: wait as is.
 using WaitWrapper = std::function<void(const std::function<void()>& wait)>;
 
+// The program's thread's own OpenMP worker threads, given up while an
+// executor thread runs the kernels. libgomp's idle workers spin between
+// parallel regions only while the threads it manages fit the cores; the
+// program thread's pool, idle but alive, tips the executor's over that, and
+// each of the executor's parallel regions then pays a futex wake (measured on
+// 2 cores: a 30k-element tanh took 92 µs on a second thread against 44 µs,
+// and 40 µs once the first thread's pool was released). While released, the
+// program's thread runs its few own ops (views, reads, scalars) on one
+// thread. Program's thread only.
+class ProgramThreadPool {
+ public:
+  void Release();  // one thread here, and the idle workers let go
+  void Restore();  // PyTorch's setting again
+  bool released() const { return released_; }
+
+ private:
+  bool released_ = false;
+  int threads_ = 1;
+};
+
 class Executor {
  public:
   explicit Executor(bool synchronous = false, WaitWrapper around_wait = {});
@@ -134,10 +168,21 @@ class Executor {
   // Waits until everything submitted so far has run and makes the futures
   // real; rethrows a failure.
   void Drain();
+  // A read of these values (tensors, and tensors in lists): waits until every
+  // submitted Work that writes their memory has run (not the Works after
+  // them), and makes real the futures of every Work that has run; rethrows a
+  // failure. The program may then read them while the executor goes on; it
+  // must not write them (that needs Drain).
+  void AwaitValues(c10::ArrayRef<c10::IValue> values);
+  void AwaitValue(const at::Tensor& t) { AwaitValues(c10::IValue(t)); }
 
-  // Whether a Work submitted since the last Drain may read or write `t`'s
-  // memory (ordinary memory; futures are always the executor's).
+  // Whether a Work submitted and not yet run may read or write `t`'s memory
+  // (ordinary memory; futures are always the executor's).
   bool MayBeQueued(const at::Tensor& t) const;
+
+  // The program's thread runs ops of its own for a while (an eager
+  // fallback): its intra-op threads back, until the executor is destroyed.
+  void RestoreProgramThreads() { program_pool_.Restore(); }
 
   uint64_t submitted() const { return submitted_; }
   // Seconds the program's thread spent waiting in Drain.
@@ -152,8 +197,15 @@ class Executor {
   void WaitFor(const std::function<bool()>& done);
   void Loop();
   void Run(Work& work);  // on the executor thread (or the caller, synchronous)
-  // Points the live futures made since the last call at their slots' memory.
-  void Materialize();
+  // Points the live futures of the Works before `done` (a count of Works
+  // that have run) at their slots' memory.
+  void Materialize(uint64_t done);
+  // 1 + the sequence number of the last submitted Work that writes `t`'s
+  // memory (0: none).
+  uint64_t WrittenBy(const at::Tensor& t) const;
+  void TakeSlotArguments(Work& work, uint64_t seq);
+  // Bit i: the op's schema says it writes argument i (all bits past 63).
+  uint64_t WrittenArguments(const c10::OperatorHandle& op);
   void ThrowError();
 
   const bool synchronous_;
@@ -175,13 +227,19 @@ class Executor {
   std::exception_ptr error_;
   std::string error_where_;
   uint64_t submitted_ = 0;
-  // Futures handed out since the last Drain (program's thread only).
-  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> unmaterialized_;
-  // Storages in ordinary memory that Works submitted since the last Drain
-  // hold (program's thread only).
-  std::unordered_set<const c10::StorageImpl*> referenced_;
+  // Futures not yet made real, with the sequence number of the Work that
+  // makes them, in order from unmaterialized_[materialized_] on (program's
+  // thread only).
+  std::vector<std::pair<uint64_t, c10::weak_intrusive_ptr<c10::StorageImpl>>> unmaterialized_;
+  size_t materialized_ = 0;
+  // Storages in ordinary memory that submitted Works hold, with 1 + the
+  // sequence number of the last such Work (program's thread only; entries of
+  // Works that have run are pruned at drains).
+  std::unordered_map<const c10::StorageImpl*, uint64_t> referenced_;
+  std::unordered_map<const c10::OperatorName*, uint64_t> written_arguments_;  // by op
   double drain_wait_s_ = 0;
   std::atomic<uint64_t> busy_ns_{0};
+  ProgramThreadPool program_pool_;
   std::thread thread_;
 };
 

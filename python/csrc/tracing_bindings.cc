@@ -169,6 +169,9 @@ class Tracer {
   void CoexecFetch(const std::string& what) {
     if (coexec_) coexec_->Fetch(what.c_str());
   }
+  void CoexecFetchValue(const at::Tensor& tensor, const std::string& what) {
+    if (coexec_) coexec_->FetchValue(tensor, what.c_str());
+  }
 
   // Drains and stops; no Python objects (runs without the GIL).
   void CoexecStop() {
@@ -332,6 +335,14 @@ void BindTracing(py::module_& m) {
           py::arg("what") = "a direct read",
           "Wait until every op issued so far has run (Python reads a value; `what` names the "
           "read). The wait itself releases the GIL.")
+      .def(
+          "coexec_fetch_value",
+          [](Tracer& t, const at::Tensor& tensor, const std::string& what) {
+            t.CoexecFetchValue(tensor, what);
+          },
+          py::arg("tensor"), py::arg("what"),
+          "Wait until the ops issued so far that write tensor's memory have run (Python only "
+          "reads it; `what` names the read). The wait itself releases the GIL.")
       .def(
           "coexec_stop",
           [](Tracer& t) {

@@ -51,6 +51,7 @@ DEFAULT_STABLE_AFTER = 3
 # not stable is given up on (tracing costs more than eager; the rest runs
 # eagerly). TERRA_GIVE_UP_AFTER overrides it.
 DEFAULT_GIVE_UP_AFTER = 20
+_READ_ONLY_KINDS = frozenset(("print", "format", "tolist", "save"))
 _REPORT_WAIT_POINTS = 8  # wait points the report lists
 # Several ranks: how long a rank waits at a traced boundary for the others'
 # votes (a rank still computing its iteration), and the slice between checks
@@ -142,7 +143,15 @@ class _Session:
     def _on_read(self, tensor, kind):
         if self.active and threading.get_ident() == self.thread:
             if self.phase == "coexec":
-                self.tracer.coexec_fetch(kind)  # the value must be real before Python reads it
+                # The value must be real before Python reads it. A read only
+                # (printing, tolist, saving) waits for the ops writing that
+                # tensor; a read that hands out the memory (numpy, data_ptr,
+                # storage, DLPack) waits for everything queued, since the
+                # program may write through it.
+                if kind in _READ_ONLY_KINDS:
+                    self.tracer.coexec_fetch_value(tensor, kind)
+                else:
+                    self.tracer.coexec_fetch(kind)
             else:
                 self.tracer.sync(tensor, kind)
 

@@ -5,13 +5,30 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <torch/library.h>
+
+#include <atomic>
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime/base/check.h"
 
 namespace terra::runtime {
 namespace {
+
+// terra_test::gate(x): x + 1, once the test opens the gate. It holds the
+// executor at a known point, so that what runs before and after it is fixed.
+std::atomic<bool> gate_open{false};
+
+at::Tensor Gate(const at::Tensor& x) {
+  while (!gate_open.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  return x + 1;
+}
+
+TORCH_LIBRARY(terra_test, m) { m.def("gate(Tensor x) -> Tensor"); }
+TORCH_LIBRARY_IMPL(terra_test, CPU, m) { m.impl("gate", &Gate); }
 
 c10::OperatorHandle Op(const char* name, const char* overload) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload);
@@ -127,6 +144,40 @@ TEST(ExecutorTest, ViewsAndListsOfFuturesReachTheExecutor) {
   EXPECT_TRUE(d.equal(at::tensor({10.0f, 20.0f})));
   EXPECT_TRUE(e.equal(at::tensor({10.0f, 20.0f, 0.0f, 1.0f, 2.0f, 3.0f})));
   EXPECT_TRUE(middle.equal(at::tensor({1.0f, 2.0f})));  // the view sees the filled memory
+}
+
+TEST(ExecutorTest, AReadWaitsOnlyForTheWorkThatWritesTheValue) {
+  gate_open.store(false);
+  Executor ex;
+  const graph::TensorMeta meta{6, 0, -1, {3}, {1}};
+  at::Tensor a = at::full({3}, 2.0);
+  at::Tensor p = at::full({3}, 1.0);  // ordinary memory, written in place below
+  at::Tensor b = Submit(ex, "aten::mul", "Scalar", {a, c10::Scalar(3.0)}, meta);  // 6
+  at::Tensor g = Submit(ex, "terra_test::gate", "", {a}, meta);                    // 3, held
+  at::Tensor c = Submit(ex, "aten::add", "Tensor", {g, b, c10::Scalar(1)}, meta);  // 9
+
+  // b's producer ran before the gate: the read returns with the gate shut.
+  ex.AwaitValue(b);
+  EXPECT_TRUE(b.equal(at::full({3}, 6.0)));
+  EXPECT_THROW((void)c.data_ptr<float>(), c10::Error);  // still queued behind the gate
+  EXPECT_FALSE(ex.MayBeQueued(p));
+
+  // In-place writes queued behind the gate: a read of b, or of p, waits for them.
+  ex.Submit(Work{Op("aten::mul_", "Scalar"), {b, c10::Scalar(0.5)}, {}, "test.py:4", nullptr, {}});
+  ex.Submit(Work{Op("aten::add_", "Tensor"), {p, a, c10::Scalar(1)}, {}, "test.py:5", nullptr, {}});
+  EXPECT_TRUE(ex.MayBeQueued(p));
+  std::thread opener([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    gate_open.store(true);
+  });
+  ex.AwaitValue(b);
+  EXPECT_TRUE(b.equal(at::full({3}, 3.0)));  // 6 * 0.5, not the 6 before the gate
+  ex.AwaitValue(p);
+  EXPECT_TRUE(p.equal(at::full({3}, 3.0)));  // 1 + 2
+  EXPECT_FALSE(ex.MayBeQueued(p));
+  opener.join();
+  ex.Drain();
+  EXPECT_TRUE(c.equal(at::full({3}, 9.0)));  // 3 + 6: b as it was when c was issued
 }
 
 }  // namespace
