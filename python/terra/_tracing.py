@@ -51,6 +51,11 @@ DEFAULT_STABLE_AFTER = 3
 # not stable is given up on (tracing costs more than eager; the rest runs
 # eagerly). TERRA_GIVE_UP_AFTER overrides it.
 DEFAULT_GIVE_UP_AFTER = 20
+# ... and sooner, a TraceGraph that changed in all but one of the last
+# CHURN_WINDOW traced iterations: the program takes a new path or new shapes
+# nearly every iteration (varying sequence or episode lengths), so tracing
+# would go on costing for nothing. TERRA_CHURN_WINDOW overrides it (0: off).
+DEFAULT_CHURN_WINDOW = 6
 _READ_ONLY_KINDS = frozenset(("print", "format", "tolist", "save"))
 _REPORT_WAIT_POINTS = 8  # wait points the report lists
 # Several ranks: how long a rank waits at a traced boundary for the others'
@@ -96,6 +101,9 @@ class _Session:
         self.stopped_reason = None
         self.phase = "trace"  # or "coexec"
         self.give_up_after = int(os.environ.get("TERRA_GIVE_UP_AFTER", DEFAULT_GIVE_UP_AFTER))
+        self.churn_window = int(os.environ.get("TERRA_CHURN_WINDOW", DEFAULT_CHURN_WINDOW))
+        self.changed_at = []  # the iterations (0-based) whose merge changed the TraceGraph
+        self.merged = 0  # iterations merged
         self.synchronous = False  # debug mode: the executor runs each op at once
         self.coexec_iterations = 0
         self.fallbacks = 0
@@ -188,7 +196,10 @@ class _Session:
                 # its new path was recorded; co-execution goes on with it.
                 self.fallbacks += 1
             return
-        self.tracer.end_iteration(merge)
+        if self.tracer.end_iteration(merge) and merge:
+            self.changed_at.append(self.boundaries - 1)
+        if merge:
+            self.merged += 1
         if self.mode not in ("auto", "coexec"):
             return
         if self.tracer.is_stable(self.stable_after):
@@ -197,7 +208,7 @@ class _Session:
                 self.locally_stable_at = self.boundaries
         else:
             traced = self.tracer.traced_iterations() if merge else 0
-            local = "give_up" if traced >= self.give_up_after else "trace"
+            local = "give_up" if traced >= self.give_up_after or self._churning() else "trace"
         decision = self._agree(local) if self._voting else local
         if decision == "trace":
             return
@@ -211,6 +222,15 @@ class _Session:
             self.tracer.coexec_start(self.synchronous)
             self.phase = "coexec"
             self.coexec_started_at = self.boundaries
+
+    def _churning(self):
+        """Whether the TraceGraph changed in all but at most one of the last
+        churn_window merged iterations."""
+        w = self.churn_window
+        if w <= 0 or self.merged < w:
+            return False
+        recent = sum(1 for i in self.changed_at if i >= self.boundaries - w)
+        return recent >= w - 1
 
     # -- agreement between ranks -------------------------------------------
     # Protocol (one round per boundary while tracing, keyed by the session
@@ -275,17 +295,21 @@ class _Session:
             pass
 
     # -- results -----------------------------------------------------------
+    def _changes_text(self):
+        return (f"it changed in {len(self.changed_at)} of {self.merged} traced iterations, "
+                f"at iterations {', '.join(map(str, self.changed_at[-8:]))}")
+
     def report(self):
         text = self.tracer.report(self.mode, self.stable_after, self.rank)
         if self.stopped_reason == "stable":
             text += (f"  tracing stopped after the TraceGraph was unchanged for {self.stable_after} "
                      "iterations; the rest ran eagerly\n")
         elif self.stopped_reason == "unstable":
-            text += (f"  tracing stopped: the TraceGraph was still changing after {self.give_up_after} "
-                     "iterations (new shapes or paths every iteration); the rest ran eagerly\n")
+            text += (f"  tracing stopped: the TraceGraph was still changing ({self._changes_text()}; "
+                     "new shapes or paths every iteration); the rest ran eagerly\n")
         elif self.stopped_reason == "unstable_elsewhere":
-            text += ("  tracing stopped: another rank's TraceGraph was still changing after "
-                     f"{self.give_up_after} iterations; every rank ran the rest eagerly\n")
+            text += ("  tracing stopped: another rank's TraceGraph was still changing "
+                     f"(here: {self._changes_text()}); every rank ran the rest eagerly\n")
         elif self.stopped_reason == "disabled":
             text += "  tracing was stopped by terra.disable()\n"
         if self.mode == "coexec":
@@ -443,6 +467,7 @@ def stats():
     if s is None:
         return {}
     d = s.tracer.stats()
+    d["changed_at_iterations"] = list(s.changed_at)
     if s.mode == "coexec":
         d["coexec"] = dict(s.tracer.coexec_stats(), iterations=s.coexec_iterations,
                            fallbacks=s.fallbacks, phase=s.phase,

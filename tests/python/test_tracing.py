@@ -911,6 +911,44 @@ def test_auto_mode_stops_once_the_graph_is_stable(tmp_path):
     assert "tracing stopped after the TraceGraph was unchanged for 2 iterations" in r["report"]
 
 
+CHURN = """
+import os
+terra.enable("auto")
+torch.manual_seed(0)
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sizes = [int(n) for n in os.environ["SIZES"].split(",")]
+on = []
+for n in sizes:
+    loss = model(torch.randn(n, 4)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    on.append(terra.enabled())
+emit(on=on, stats=terra.stats(), report=terra.report())
+"""
+
+
+@pytest.mark.parametrize("sizes, gives_up_after", [
+    # A new batch size every step (one repeat allowed in the window of 6): given
+    # up after iteration 6 (0-based; 0 is the prologue), not after 20.
+    ("8,9,10,11,10,12,13,14,15,16,17,18", 7),
+    # Two sizes taking turns: the graph learns both and is stable.
+    ("8,9,8,9,8,9,8,9,8,9,8,9", None),
+])
+def test_a_graph_that_keeps_changing_is_given_up_early(tmp_path, sizes, gives_up_after):
+    program = Program(tmp_path, CHURN)
+    r = program.run(env={"SIZES": sizes})
+    if gives_up_after is None:
+        assert "still changing" not in r["report"], r["report"]
+        assert r["on"][-1] is False  # stopped as stable
+        return
+    assert r["on"] == [True] * (gives_up_after - 1) + [False] * (12 - gives_up_after + 1), r["on"]
+    assert r["stats"]["changed_at_iterations"] == [1, 2, 3, 5, 6], r["stats"]
+    assert ("the TraceGraph was still changing (it changed in 5 of 6 traced iterations, "
+            "at iterations 1, 2, 3, 5, 6") in r["report"], r["report"]
+
+
 # --- Fed scalars: values that change every step do not make new nodes -------------
 
 FED_SCALARS = """
