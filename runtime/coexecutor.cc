@@ -71,8 +71,13 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
     if (ret.alias_info() != nullptr) (ret.alias_info()->isWrite() ? any_write : any_view) = true;
   }
   bool mutates = false;
-  for (const c10::Argument& arg : schema.arguments()) {
+  for (size_t i = 0; i < schema.arguments().size(); ++i) {
+    const c10::Argument& arg = schema.arguments()[i];
     if (arg.alias_info() != nullptr && arg.alias_info()->isWrite()) mutates = true;
+    if (arg.name() == "output_mask" && arg.type()->kind() == c10::TypeKind::ListType &&
+        arg.type()->containedType(0)->kind() == c10::TypeKind::BoolType) {
+      k.output_mask = static_cast<int>(i);
+    }
   }
   k.writes = mutates;
   if (!all_tensors) {
@@ -231,9 +236,21 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
   const graph::GraphNode& node = graph_->node(validator_.position());
   const OpKind& kind = KindOf(op);
   Kind k = kind.kind;
-  // Outputs Python cannot be handed in advance: metadata that varies, or a
-  // tuple with undefined members (convolution_backward's output_mask).
-  if (k == Kind::kCompute &&
+  // Outputs Python cannot be handed in advance: metadata that varies, or
+  // undefined members that no output mask foretells.
+  const c10::List<bool>* mask = nullptr;
+  c10::List<bool> mask_value;
+  if (k == Kind::kCompute && !node.outputs_vary && !kind.list_return &&
+      node.outputs.size() != kind.tensor_returns && kind.output_mask >= 0 &&
+      inputs[static_cast<size_t>(kind.output_mask)].isBoolList()) {
+    // convolution_backward and the like: the returns where the mask is false
+    // are undefined, the others are the node's recorded outputs, in order.
+    mask_value = inputs[static_cast<size_t>(kind.output_mask)].toBoolList();
+    size_t defined = 0;
+    for (bool b : mask_value) defined += b ? 1 : 0;
+    if (mask_value.size() == kind.tensor_returns && defined == node.outputs.size()) mask = &mask_value;
+  }
+  if (k == Kind::kCompute && mask == nullptr &&
       (node.outputs_vary || node.outputs.size() != node.num_outputs ||
        (!kind.list_return && node.outputs.size() != kind.tensor_returns))) {
     k = Kind::kEager;
@@ -292,6 +309,16 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
           list.push_back(executor_.NewFuture(m, &work.futures.back()));
         }
         stack->push_back(c10::IValue(std::move(list)));
+      } else if (mask != nullptr) {
+        size_t next = 0;
+        for (bool defined : *mask) {
+          if (!defined) {
+            stack->push_back(c10::IValue(at::Tensor()));
+            continue;
+          }
+          work.futures.emplace_back();
+          stack->push_back(executor_.NewFuture(node.outputs[next++], &work.futures.back()));
+        }
       } else {
         for (const graph::TensorMeta& m : node.outputs) {
           work.futures.emplace_back();

@@ -103,6 +103,9 @@ class CoExecutor final : public OpObserver {
     bool writes = false;             // writes any argument
     bool list_return = false;        // compute: one Tensor[] return
     size_t tensor_returns = 0;       // compute: Tensor returns (no list)
+    // compute: the index of a `bool[] output_mask` argument (the backward
+    // ops that return undefined tensors where the mask is false), or -1.
+    int output_mask = -1;
   };
   const OpKind& KindOf(const c10::OperatorHandle& op);
   void Diverge(const c10::OperatorHandle& op);

@@ -66,35 +66,19 @@ struct ThreadingLibrary {
   }
 };
 
-// The executor thread's intra-op threads. While the program's thread runs
-// Python it needs a core of its own, so the executor's kernels use one
-// thread fewer than PyTorch's setting; while the program waits in Drain, they
-// use them all. TERRA_EXECUTOR_THREADS fixes the number instead.
-class IntraOpThreads {
- public:
-  IntraOpThreads() {
-    (void)at::zeros({1});  // PyTorch's own per-thread initialisation first, or it would undo ours
-    full_ = std::max(1, at::get_num_threads());
-    shared_ = std::max(1, full_ - 1);
-    if (const char* fixed = std::getenv("TERRA_EXECUTOR_THREADS"); fixed != nullptr && *fixed != 0) {
-      full_ = shared_ = std::max(1, std::atoi(fixed));
-    }
+// The executor thread's intra-op threads: PyTorch's setting, or
+// TERRA_EXECUTOR_THREADS. Set once, on the executor thread (OpenMP's and
+// MKL's settings are per thread).
+void UseIntraOpThreads() {
+  (void)at::zeros({1});  // PyTorch's own per-thread initialisation first, or it would undo ours
+  int n = std::max(1, at::get_num_threads());
+  if (const char* fixed = std::getenv("TERRA_EXECUTOR_THREADS"); fixed != nullptr && *fixed != 0) {
+    n = std::max(1, std::atoi(fixed));
   }
-
-  void Use(bool program_waiting) {
-    const int n = program_waiting ? full_ : shared_;
-    if (n == current_) return;
-    current_ = n;
-    const ThreadingLibrary& lib = ThreadingLibrary::Get();
-    if (lib.omp_set != nullptr) lib.omp_set(n);
-    if (lib.mkl_set != nullptr) lib.mkl_set(n);
-  }
-
- private:
-  int full_ = 1;
-  int shared_ = 1;
-  int current_ = 0;
-};
+  const ThreadingLibrary& lib = ThreadingLibrary::Get();
+  if (lib.omp_set != nullptr) lib.omp_set(n);
+  if (lib.mkl_set != nullptr) lib.mkl_set(n);
+}
 
 }  // namespace
 
@@ -291,7 +275,7 @@ Executor::Executor(bool synchronous, WaitWrapper around_wait)
 Executor::~Executor() {
   if (!synchronous_) {
     const uint64_t end = head_.load();
-    WaitFor([&] { return tail_.load() == end; });
+    WaitUntilRun(end);
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_.store(true);
@@ -302,7 +286,8 @@ Executor::~Executor() {
   }
 }
 
-void Executor::WaitFor(const std::function<bool()>& done) {
+void Executor::WaitUntilRun(uint64_t count) {
+  auto done = [&] { return tail_.load() >= count; };
   if (done()) return;
   // Most waits are short (the executor finishes a few ops): spin first,
   // holding the GIL, rather than pay two futex calls and two context switches.
@@ -314,6 +299,10 @@ void Executor::WaitFor(const std::function<bool()>& done) {
   }
   auto park = [&] {
     std::unique_lock<std::mutex> lock(mu_);
+    // The executor wakes us once, when its count reaches ours: not after
+    // every Work, which would cost a futex wake and two context switches
+    // each, on the core the executor's kernels want.
+    program_wants_.store(count);
     program_parked_.store(true);
     wake_program_.wait(lock, done);
     program_parked_.store(false);
@@ -341,7 +330,7 @@ Work& Executor::Next() {
   if (synchronous_) return ring_[0];
   const uint64_t head = head_.load(std::memory_order_relaxed);
   if (head - tail_.load(std::memory_order_acquire) >= kRing) {
-    WaitFor([&] { return head - tail_.load() < kRing; });  // the program is far ahead
+    WaitUntilRun(head - kRing + 1);  // the program is far ahead
   }
   return ring_[head & (kRing - 1)];
 }
@@ -387,9 +376,7 @@ void Executor::Drain() {
   if (!synchronous_) {
     const double start = Now();
     end = head_.load(std::memory_order_relaxed);
-    program_waiting_.store(true, std::memory_order_relaxed);
-    WaitFor([&] { return tail_.load() == end; });
-    program_waiting_.store(false, std::memory_order_relaxed);
+    WaitUntilRun(end);
     drain_wait_s_ += Now() - start;
   }
   referenced_.clear();
@@ -425,9 +412,7 @@ void Executor::AwaitValues(c10::ArrayRef<c10::IValue> values) {
     done = tail_.load();
     if (done < needed) {
       const double start = Now();
-      program_waiting_.store(true, std::memory_order_relaxed);
-      WaitFor([&] { return tail_.load() >= needed; });
-      program_waiting_.store(false, std::memory_order_relaxed);
+      WaitUntilRun(needed);
       drain_wait_s_ += Now() - start;
       done = tail_.load();
     }
@@ -494,7 +479,7 @@ double Executor::busy_seconds() const {
 }
 
 void Executor::Loop() {
-  IntraOpThreads threads;
+  UseIntraOpThreads();
   uint64_t tail = 0;
   while (true) {
     if (head_.load(std::memory_order_acquire) == tail) {
@@ -518,7 +503,6 @@ void Executor::Loop() {
     }
     Work& work = ring_[tail & (kRing - 1)];
     if (!failed_.load(std::memory_order_relaxed)) {
-      threads.Use(program_waiting_.load(std::memory_order_relaxed));
       const double start = Now();
       try {
         Run(work);
@@ -534,7 +518,7 @@ void Executor::Loop() {
     }
     work.Clear();  // drops the references here, on this thread
     tail_.store(++tail);  // seq_cst: ordered before the parked check below
-    if (program_parked_.load()) {
+    if (program_parked_.load() && tail >= program_wants_.load()) {
       { std::lock_guard<std::mutex> lock(mu_); }
       wake_program_.notify_all();
     }
@@ -561,7 +545,8 @@ void Executor::Run(Work& work) {
     // `own_refs`: references to `result` the stack (and a list's element
     // copy) account for; any more and someone else sees it, so no sharing.
     auto fill = [&](const at::Tensor& result, size_t own_refs) {
-      if (k >= work.futures.size()) return;
+      // An undefined return (an output mask's false) has no future.
+      if (!result.defined() || k >= work.futures.size()) return;
       FutureOutput& out = work.futures[k++];
       c10::intrusive_ptr<Slot> slot = out.slot.lock();
       if (!slot) return;  // nobody can see this output any more

@@ -192,9 +192,10 @@ class Executor {
  private:
   static constexpr uint64_t kRing = 4096;  // queued Works at most; a power of two
 
-  // Waits until `done()` (spinning briefly, then parked through
-  // around_wait_); the executor thread wakes parked waiters.
-  void WaitFor(const std::function<bool()>& done);
+  // Waits until `count` Works have run (spinning briefly, then parked
+  // through around_wait_); the executor thread wakes a parked program once
+  // its count is reached.
+  void WaitUntilRun(uint64_t count);
   void Loop();
   void Run(Work& work);  // on the executor thread (or the caller, synchronous)
   // Points the live futures of the Works before `done` (a count of Works
@@ -217,8 +218,8 @@ class Executor {
   std::atomic<uint64_t> head_{0};
   std::atomic<uint64_t> tail_{0};
   std::atomic<bool> executor_parked_{false};
-  std::atomic<bool> program_waiting_{false};  // in Drain: the executor may use its core
   std::atomic<bool> program_parked_{false};
+  std::atomic<uint64_t> program_wants_{0};  // parked: the count of run Works it waits for
   std::atomic<bool> stop_{false};
   std::atomic<bool> failed_{false};
   std::mutex mu_;  // parking, and error_

@@ -314,6 +314,10 @@ void BindTracing(py::module_& m) {
       .def(
           "traced_iterations", [](Tracer& t) { return t.recorder().Stats().iterations; },
           "Iterations merged so far.")
+      .def(
+          "new_shape_variants", [](Tracer& t) { return t.recorder().Stats().max_new_variants; },
+          "The most nodes that iterations after the first added at one operator and location "
+          "(new shapes of one op).")
       .def("report", &Tracer::Report, py::arg("mode"), py::arg("stable_after"), py::arg("rank"))
       .def("dot", &Tracer::Dot)
       .def("validate_start", &Tracer::ValidateStart,

@@ -52,9 +52,12 @@ DEFAULT_STABLE_AFTER = 3
 # eagerly). TERRA_GIVE_UP_AFTER overrides it.
 DEFAULT_GIVE_UP_AFTER = 20
 # ... and sooner, a TraceGraph that changed in all but one of the last
-# CHURN_WINDOW traced iterations: the program takes a new path or new shapes
-# nearly every iteration (varying sequence or episode lengths), so tracing
-# would go on costing for nothing. TERRA_CHURN_WINDOW overrides it (0: off).
+# CHURN_WINDOW traced iterations with new shapes of one op at one location
+# in at least CHURN_WINDOW - 3 of them: the program's shapes vary nearly every
+# iteration (episode or sequence lengths), so tracing would go on costing for
+# nothing. A graph that grows by new paths (LBFGS's history, the first steps
+# of a schedule) is not given up on this way. TERRA_CHURN_WINDOW overrides it
+# (0: off).
 DEFAULT_CHURN_WINDOW = 6
 _READ_ONLY_KINDS = frozenset(("print", "format", "tolist", "save"))
 _REPORT_WAIT_POINTS = 8  # wait points the report lists
@@ -225,12 +228,12 @@ class _Session:
 
     def _churning(self):
         """Whether the TraceGraph changed in all but at most one of the last
-        churn_window merged iterations."""
+        churn_window merged iterations, by new shapes."""
         w = self.churn_window
         if w <= 0 or self.merged < w:
             return False
         recent = sum(1 for i in self.changed_at if i >= self.boundaries - w)
-        return recent >= w - 1
+        return recent >= w - 1 and self.tracer.new_shape_variants() >= max(1, w - 3)
 
     # -- agreement between ranks -------------------------------------------
     # Protocol (one round per boundary while tracing, keyed by the session
