@@ -84,14 +84,17 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
     k.kind = Kind::kFetch;  // Python gets a number (or something else) computed from data
   } else if (any_view && !any_write && !mutates) {
     k.kind = Kind::kView;
-  } else if (mutates && (MetadataMutating(schema.name()) || schema.overload_name() == "out" ||
-                         schema.overload_name().find("_out") != std::string::npos)) {
-    // Changes the tensor's metadata (or may resize an out= argument): Python
-    // must see the new metadata now, so it runs here, after a drain.
+  } else if (mutates && MetadataMutating(schema.name())) {
+    // Changes the tensor's metadata: Python must see the new metadata now, so
+    // it runs here, after a drain.
     k.kind = Kind::kEager;
   } else if (mutates) {
-    // Each return must alias a written argument, which Python gets back.
+    // Each return must alias a written argument, which Python gets back. An
+    // out= op may resize its out argument: it is in place only where the
+    // node's recorded outputs have the out arguments' layout (TakeOver).
     k.kind = Kind::kInPlace;
+    k.out_variant = schema.overload_name() == "out" ||
+                    schema.overload_name().find("_out") != std::string::npos;
     for (const c10::Argument& ret : schema.returns()) {
       int found = -1;
       if (ret.alias_info() != nullptr && ret.alias_info()->isWrite()) {
@@ -134,6 +137,19 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op) {
   diverged_after_ = validator_.last_position();
   DrainAt(op.operator_name().name + " (fallback: left the TraceGraph)");
   executor_.RestoreProgramThreads();  // the rest of the iteration runs here
+}
+
+bool CoExecutor::KeepsLayout(const OpKind& kind, const graph::GraphNode& node,
+                             c10::ArrayRef<c10::IValue> inputs) {
+  if (node.outputs_vary || node.outputs.size() != kind.returned_args.size()) return false;
+  for (size_t i = 0; i < kind.returned_args.size(); ++i) {
+    const c10::IValue& v = inputs[static_cast<size_t>(kind.returned_args[i])];
+    if (!v.isTensor() || !v.toTensor().defined()) return false;
+    const at::Tensor& t = v.toTensor();
+    const graph::TensorMeta& m = node.outputs[i];
+    if (!t.sizes().equals(m.sizes) || !t.strides().equals(m.strides)) return false;
+  }
+  return true;
 }
 
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
@@ -276,6 +292,12 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
       }
       return false;
     case Kind::kInPlace: {
+      if (kind.out_variant && !KeepsLayout(kind, node, inputs)) {
+        // The out argument is resized: Python must see its new metadata.
+        ++stats_.eager;
+        DrainAt(op.operator_name().name + " (runs eagerly)");
+        return false;
+      }
       if (RunsNow(inputs)) {
         // Writes ordinary memory no queued Work touches, from ordinary
         // memory: run it here and now, in program order. The program may

@@ -101,6 +101,7 @@ class CoExecutor final : public OpObserver {
     Kind kind = Kind::kEager;
     std::vector<int> returned_args;  // in-place: argument index each return aliases
     bool writes = false;             // writes any argument
+    bool out_variant = false;        // in place: an out= op (may resize its out arguments)
     bool list_return = false;        // compute: one Tensor[] return
     size_t tensor_returns = 0;       // compute: Tensor returns (no list)
     // compute: the index of a `bool[] output_mask` argument (the backward
@@ -113,6 +114,11 @@ class CoExecutor final : public OpObserver {
   // order, without a drain: every tensor is in ordinary memory that no
   // queued Work reads or writes.
   bool RunsNow(c10::ArrayRef<c10::IValue> inputs) const;
+  // Whether an out= op leaves its out arguments' layout as it is: the node's
+  // recorded outputs have their current sizes and strides (a resize happens
+  // only on a layout mismatch, and the node's identity fixed the inputs').
+  static bool KeepsLayout(const OpKind& kind, const graph::GraphNode& node,
+                          c10::ArrayRef<c10::IValue> inputs);
   // Drains, charging the wait to the program's current location.
   void DrainAt(const std::string& what);
   // Waits for the ops that write these values (only), charged likewise.

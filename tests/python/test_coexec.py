@@ -312,3 +312,52 @@ def test_tensor_literals_keep_their_values(tmp_path):
     assert got == want, proc.stdout
     found = COEXEC_LINE.search(proc.stderr)
     assert found and int(found.group(1)) > 0, proc.stderr[-3000:]
+
+
+OUT_OPS = '''
+import json, sys
+import torch
+import terra
+
+def train(steps):
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    buf = torch.empty(8, 4)  # written through out= every step, never resized
+    grown = torch.empty(0)   # resized by its first out= write
+    losses = []
+    for i in range(steps):
+        x = torch.randn(8, 4)
+        torch.mul(x, 2.0, out=buf)
+        torch.add(buf, 1.0, out=grown)  # resized at step 0 (traced), the layout kept after
+        loss = m(x).pow(2).mean() + buf.mean() + grown.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, [p.detach().clone() for p in m.parameters()]
+
+eager = train(10)
+terra.enable("coexec", stable_after=2)
+coexec = train(10)
+stats = terra.stats()["coexec"]
+terra.disable()
+print("RESULT " + json.dumps({
+    "same": eager[0] == coexec[0] and all(torch.equal(a, b) for a, b in zip(eager[1], coexec[1])),
+    "iterations": stats["iterations"],
+    "eager_waits": sorted({p["what"] for p in stats["fetch_points"] if "runs eagerly" in p["what"]}),
+}))
+'''
+
+
+def test_out_ops_that_keep_their_layout_are_queued(tmp_path):
+    # An out= op whose out argument already has the layout the node recorded
+    # is in place (no resize): queued, not a drain. (One that would resize
+    # its out argument runs eagerly after a drain.)
+    prog = tmp_path / "prog.py"
+    prog.write_text(OUT_OPS)
+    proc = run([sys.executable, str(prog)], tmp_path)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    result = json.loads(line[0][len("RESULT "):])
+    assert result["same"] and result["iterations"] > 0, result
+    assert result["eager_waits"] == [], result
