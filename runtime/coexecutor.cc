@@ -152,6 +152,30 @@ bool CoExecutor::KeepsLayout(const OpKind& kind, const graph::GraphNode& node,
   return true;
 }
 
+std::vector<bool> CoExecutor::GrowableOuts(const OpKind& kind, const graph::GraphNode& node,
+                                           c10::ArrayRef<c10::IValue> inputs) const {
+  if (node.outputs_vary || node.outputs.size() != kind.returned_args.size()) return {};
+  std::vector<bool> grow(kind.returned_args.size(), false);
+  bool any = false;
+  for (size_t i = 0; i < kind.returned_args.size(); ++i) {
+    const c10::IValue& v = inputs[static_cast<size_t>(kind.returned_args[i])];
+    if (!v.isTensor() || !v.toTensor().defined()) return {};
+    const at::Tensor& t = v.toTensor();
+    const graph::TensorMeta& m = node.outputs[i];
+    if (t.sizes().equals(m.sizes) && t.strides().equals(m.strides)) continue;
+    // A queued Work holds an ordinary tensor itself (a future only through
+    // its slot, with the layout it had): growing one it holds would change
+    // what that Work reads.
+    if ((SlotOf(t) == nullptr && executor_.MayBeQueued(t)) || t.numel() != 0 ||
+        !t.has_storage() || t.storage().use_count() != 1 ||
+        t.scalar_type() != static_cast<c10::ScalarType>(m.dtype)) {
+      return {};
+    }
+    grow[i] = any = true;
+  }
+  return any ? grow : std::vector<bool>{};
+}
+
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
   auto ready = [&](const at::Tensor& t) {
     return !t.defined() || (SlotOf(t) == nullptr && !executor_.MayBeQueued(t));
@@ -292,11 +316,15 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
       }
       return false;
     case Kind::kInPlace: {
+      std::vector<bool> grow;
       if (kind.out_variant && !KeepsLayout(kind, node, inputs)) {
-        // The out argument is resized: Python must see its new metadata.
-        ++stats_.eager;
-        DrainAt(op.operator_name().name + " (runs eagerly)");
-        return false;
+        grow = GrowableOuts(kind, node, inputs);
+        if (grow.empty()) {
+          // The out argument is resized: Python must see its new metadata.
+          ++stats_.eager;
+          DrainAt(op.operator_name().name + " (runs eagerly)");
+          return false;
+        }
       }
       if (RunsNow(inputs)) {
         // Writes ordinary memory no queued Work touches, from ordinary
@@ -312,6 +340,19 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
       Work& work = executor_.Next();
       work.op = op;
       work.location = &node.identity.location;
+      for (size_t i = 0; i < grow.size(); ++i) {
+        if (!grow[i]) continue;
+        // What the resize would do, here and now: the program's tensor gets
+        // the recorded layout on a new future, which the executor allocates
+        // before the op writes it.
+        const graph::TensorMeta& m = node.outputs[i];
+        FutureOutput unused;
+        at::Tensor grown = executor_.NewFuture(m, &unused);
+        work.fresh.emplace_back(c10::intrusive_ptr<Slot>::reclaim_copy(SlotOf(grown)), &m);
+        c10::TensorImpl* impl = inputs[static_cast<size_t>(kind.returned_args[i])].toTensor().unsafeGetTensorImpl();
+        impl->set_storage_keep_dtype(grown.storage());
+        impl->set_sizes_and_strides(m.sizes, m.strides, 0);
+      }
       MoveArguments(stack, num_args, &work.inputs);
       for (c10::IValue& r : results) stack->push_back(std::move(r));
       executor_.Commit();

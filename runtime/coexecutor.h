@@ -119,6 +119,13 @@ class CoExecutor final : public OpObserver {
   // only on a layout mismatch, and the node's identity fixed the inputs').
   static bool KeepsLayout(const OpKind& kind, const graph::GraphNode& node,
                           c10::ArrayRef<c10::IValue> inputs);
+  // For an out= op that would resize: which out arguments (by return) are
+  // empty tensors no other tensor shares and no queued Work holds, which the
+  // program's thread can grow to the recorded layout (on a new future)
+  // before queueing the op (`torch.arange` writes through `empty({0})`).
+  // Empty: not possible, run it eagerly.
+  std::vector<bool> GrowableOuts(const OpKind& kind, const graph::GraphNode& node,
+                                 c10::ArrayRef<c10::IValue> inputs) const;
   // Drains, charging the wait to the program's current location.
   void DrainAt(const std::string& what);
   // Waits for the ops that write these values (only), charged likewise.

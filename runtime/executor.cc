@@ -562,6 +562,15 @@ void Executor::Run(Work& work) {
   // Autograd ran on the program's thread when the op was issued.
   c10::impl::ExcludeDispatchKeyGuard below_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
   torch::jit::Stack stack = std::move(work.inputs);
+  for (const auto& [slot, meta] : work.fresh) {
+    if (slot->storage) continue;
+    slot->storage = at::empty_strided(meta->sizes, meta->strides,
+                                      at::TensorOptions()
+                                          .dtype(static_cast<c10::ScalarType>(meta->dtype))
+                                          .device(static_cast<c10::DeviceType>(meta->device_type),
+                                                  static_cast<c10::DeviceIndex>(meta->device_index)))
+                        .storage();
+  }
   for (const SlotArgument& a : work.slot_args) {
     c10::IValue& v = stack[a.arg];
     if (a.element < 0) {

@@ -100,6 +100,10 @@ struct Work {
   std::string where;                  // the issuing program location, for errors
   const graph::Location* location = nullptr;  // or this (owned by the graph), named on failure
   std::vector<SlotArgument> slot_args;  // filled by Commit
+  // Slots the executor allocates (with this layout) before it runs the op:
+  // the out arguments an out= op would have resized, grown on the program's
+  // thread to the layout the node recorded.
+  std::vector<std::pair<c10::intrusive_ptr<Slot>, const graph::TensorMeta*>> fresh;
   uint64_t written_args = 0;  // filled by Commit: bit i, the op writes argument i
 
 
@@ -111,6 +115,7 @@ struct Work {
     where.clear();
     location = nullptr;
     slot_args.clear();
+    fresh.clear();
     written_args = 0;
   }
 };

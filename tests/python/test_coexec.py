@@ -330,7 +330,10 @@ def train(steps):
         x = torch.randn(8, 4)
         torch.mul(x, 2.0, out=buf)
         torch.add(buf, 1.0, out=grown)  # resized at step 0 (traced), the layout kept after
-        loss = m(x).pow(2).mean() + buf.mean() + grown.mean()
+        fresh = torch.empty(0)
+        torch.add(x, 0.5, out=fresh)  # resized every step: grown before it is queued
+        pos = torch.arange(0, 8, dtype=torch.long)  # empty({0}) and arange.start_out inside
+        loss = m(x).pow(2).mean() + buf.mean() + grown.mean() + fresh.sum() + pos.float().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -352,8 +355,9 @@ print("RESULT " + json.dumps({
 
 def test_out_ops_that_keep_their_layout_are_queued(tmp_path):
     # An out= op whose out argument already has the layout the node recorded
-    # is in place (no resize): queued, not a drain. (One that would resize
-    # its out argument runs eagerly after a drain.)
+    # is in place (no resize): queued, not a drain. One that resizes an empty
+    # tensor nothing else holds (torch.arange's own empty({0})) gets the
+    # recorded layout on a new future first, and is queued too.
     prog = tmp_path / "prog.py"
     prog.write_text(OUT_OPS)
     proc = run([sys.executable, str(prog)], tmp_path)
