@@ -139,41 +139,27 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op) {
   executor_.RestoreProgramThreads();  // the rest of the iteration runs here
 }
 
-bool CoExecutor::KeepsLayout(const OpKind& kind, const graph::GraphNode& node,
-                             c10::ArrayRef<c10::IValue> inputs) {
+bool CoExecutor::OutsQueueable(const OpKind& kind, const graph::GraphNode& node,
+                               c10::ArrayRef<c10::IValue> inputs, std::vector<bool>* grow) const {
+  grow->clear();
   if (node.outputs_vary || node.outputs.size() != kind.returned_args.size()) return false;
   for (size_t i = 0; i < kind.returned_args.size(); ++i) {
     const c10::IValue& v = inputs[static_cast<size_t>(kind.returned_args[i])];
     if (!v.isTensor() || !v.toTensor().defined()) return false;
     const at::Tensor& t = v.toTensor();
     const graph::TensorMeta& m = node.outputs[i];
-    if (!t.sizes().equals(m.sizes) || !t.strides().equals(m.strides)) return false;
+    const bool keeps = t.sizes().equals(m.sizes) && t.strides().equals(m.strides);
+    // Growing: a queued Work holds an ordinary tensor itself (a future only
+    // through its slot, with the layout it had), so growing one it holds
+    // would change what that Work reads.
+    if (!keeps && ((SlotOf(t) == nullptr && executor_.MayBeQueued(t)) || t.numel() != 0 ||
+                   !t.has_storage() || t.storage().use_count() != 1 ||
+                   t.scalar_type() != static_cast<c10::ScalarType>(m.dtype))) {
+      return false;
+    }
+    grow->push_back(!keeps);
   }
   return true;
-}
-
-std::vector<bool> CoExecutor::GrowableOuts(const OpKind& kind, const graph::GraphNode& node,
-                                           c10::ArrayRef<c10::IValue> inputs) const {
-  if (node.outputs_vary || node.outputs.size() != kind.returned_args.size()) return {};
-  std::vector<bool> grow(kind.returned_args.size(), false);
-  bool any = false;
-  for (size_t i = 0; i < kind.returned_args.size(); ++i) {
-    const c10::IValue& v = inputs[static_cast<size_t>(kind.returned_args[i])];
-    if (!v.isTensor() || !v.toTensor().defined()) return {};
-    const at::Tensor& t = v.toTensor();
-    const graph::TensorMeta& m = node.outputs[i];
-    if (t.sizes().equals(m.sizes) && t.strides().equals(m.strides)) continue;
-    // A queued Work holds an ordinary tensor itself (a future only through
-    // its slot, with the layout it had): growing one it holds would change
-    // what that Work reads.
-    if ((SlotOf(t) == nullptr && executor_.MayBeQueued(t)) || t.numel() != 0 ||
-        !t.has_storage() || t.storage().use_count() != 1 ||
-        t.scalar_type() != static_cast<c10::ScalarType>(m.dtype)) {
-      return {};
-    }
-    grow[i] = any = true;
-  }
-  return any ? grow : std::vector<bool>{};
 }
 
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
@@ -317,14 +303,11 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
       return false;
     case Kind::kInPlace: {
       std::vector<bool> grow;
-      if (kind.out_variant && !KeepsLayout(kind, node, inputs)) {
-        grow = GrowableOuts(kind, node, inputs);
-        if (grow.empty()) {
-          // The out argument is resized: Python must see its new metadata.
-          ++stats_.eager;
-          DrainAt(op.operator_name().name + " (runs eagerly)");
-          return false;
-        }
+      if (kind.out_variant && !OutsQueueable(kind, node, inputs, &grow)) {
+        // The out argument is resized: Python must see its new metadata.
+        ++stats_.eager;
+        DrainAt(op.operator_name().name + " (runs eagerly)");
+        return false;
       }
       if (RunsNow(inputs)) {
         // Writes ordinary memory no queued Work touches, from ordinary

@@ -114,18 +114,14 @@ class CoExecutor final : public OpObserver {
   // order, without a drain: every tensor is in ordinary memory that no
   // queued Work reads or writes.
   bool RunsNow(c10::ArrayRef<c10::IValue> inputs) const;
-  // Whether an out= op leaves its out arguments' layout as it is: the node's
-  // recorded outputs have their current sizes and strides (a resize happens
-  // only on a layout mismatch, and the node's identity fixed the inputs').
-  static bool KeepsLayout(const OpKind& kind, const graph::GraphNode& node,
-                          c10::ArrayRef<c10::IValue> inputs);
-  // For an out= op that would resize: which out arguments (by return) are
-  // empty tensors no other tensor shares and no queued Work holds, which the
-  // program's thread can grow to the recorded layout (on a new future)
-  // before queueing the op (`torch.arange` writes through `empty({0})`).
-  // Empty: not possible, run it eagerly.
-  std::vector<bool> GrowableOuts(const OpKind& kind, const graph::GraphNode& node,
-                                 c10::ArrayRef<c10::IValue> inputs) const;
+  // Whether an out= op can be queued: each out argument either has the
+  // layout the node recorded (no resize happens: the node's identity fixed
+  // the inputs' layouts), or is an empty tensor no other tensor shares and no
+  // queued Work holds, which the program's thread grows to that layout on a
+  // new future first (`torch.arange` writes through `empty({0})`); `grow`
+  // says which, by return. False: run it eagerly.
+  bool OutsQueueable(const OpKind& kind, const graph::GraphNode& node,
+                     c10::ArrayRef<c10::IValue> inputs, std::vector<bool>* grow) const;
   // Drains, charging the wait to the program's current location.
   void DrainAt(const std::string& what);
   // Waits for the ops that write these values (only), charged likewise.

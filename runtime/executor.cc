@@ -455,10 +455,12 @@ void Executor::AwaitValues(c10::ArrayRef<c10::IValue> values) {
     return;
   }
   Materialize(done);
-  if (referenced_.size() > 1024) {
+  if (referenced_.size() > prune_referenced_at_) {
     for (auto it = referenced_.begin(); it != referenced_.end();) {
       it = it->second <= done ? referenced_.erase(it) : std::next(it);
     }
+    // Amortized: what is still queued is not scanned again at every read.
+    prune_referenced_at_ = std::max<size_t>(1024, 2 * referenced_.size());
   }
   if (synchronous_) {
     std::lock_guard<std::mutex> lock(mu_);

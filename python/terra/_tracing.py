@@ -106,7 +106,6 @@ class _Session:
         self.give_up_after = int(os.environ.get("TERRA_GIVE_UP_AFTER", DEFAULT_GIVE_UP_AFTER))
         self.churn_window = int(os.environ.get("TERRA_CHURN_WINDOW", DEFAULT_CHURN_WINDOW))
         self.changed_at = []  # the iterations (0-based) whose merge changed the TraceGraph
-        self.merged = 0  # iterations merged
         self.synchronous = False  # debug mode: the executor runs each op at once
         self.coexec_iterations = 0
         self.fallbacks = 0
@@ -199,10 +198,8 @@ class _Session:
                 # its new path was recorded; co-execution goes on with it.
                 self.fallbacks += 1
             return
-        if self.tracer.end_iteration(merge) and merge:
+        if self.tracer.end_iteration(merge):  # never for the prologue (not merged)
             self.changed_at.append(self.boundaries - 1)
-        if merge:
-            self.merged += 1
         if self.mode not in ("auto", "coexec"):
             return
         if self.tracer.is_stable(self.stable_after):
@@ -230,7 +227,7 @@ class _Session:
         """Whether the TraceGraph changed in all but at most one of the last
         churn_window merged iterations, by new shapes."""
         w = self.churn_window
-        if w <= 0 or self.merged < w:
+        if w <= 0 or self.tracer.traced_iterations() < w:
             return False
         recent = sum(1 for i in self.changed_at if i >= self.boundaries - w)
         return recent >= w - 1 and self.tracer.new_shape_variants() >= max(1, w - 3)
@@ -299,7 +296,7 @@ class _Session:
 
     # -- results -----------------------------------------------------------
     def _changes_text(self):
-        return (f"it changed in {len(self.changed_at)} of {self.merged} traced iterations, "
+        return (f"it changed in {len(self.changed_at)} of {self.tracer.traced_iterations()} traced iterations, "
                 f"at iterations {', '.join(map(str, self.changed_at[-8:]))}")
 
     def report(self):
