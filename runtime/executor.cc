@@ -8,10 +8,12 @@
 
 #include <dlfcn.h>
 #include <malloc.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "runtime/base/check.h"
@@ -181,6 +183,34 @@ SlotArgument SlotArgumentOf(const at::Tensor& t, Slot* slot, uint32_t arg, int32
   return a;
 }
 
+// Memory the program can write without ATen: numpy's (torch.from_numpy),
+// from_blob's, a memory map. Such a storage has no allocator.
+bool ForeignMemory(const at::Tensor& t) {
+  if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
+  const c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+  return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
+}
+
+// A copy of `t`'s elements as they are now, with `t`'s layout, in memory of
+// its own: a byte copy of the span the view covers, outside the dispatcher
+// (this runs inside an intercepted op).
+at::Tensor CopyNow(const at::Tensor& t) {
+  const size_t item = t.dtype().itemsize();
+  const size_t nbytes = at::detail::computeStorageNbytes(t.sizes(), t.strides(), item);
+  c10::Allocator* allocator = c10::GetCPUAllocator();
+  c10::DataPtr data = allocator->allocate(nbytes);
+  if (nbytes != 0) {
+    std::memcpy(data.get(), static_cast<const char*>(t.storage().data()) + t.storage_offset() * item, nbytes);
+  }
+  auto storage = c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(),
+                                                       static_cast<int64_t>(nbytes), std::move(data),
+                                                       allocator, /*resizable=*/false);
+  at::Tensor copy = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(std::move(storage)),
+                                                             t.key_set(), t.dtype());
+  copy.unsafeGetTensorImpl()->set_sizes_and_strides(t.sizes(), t.strides(), 0);
+  return copy;
+}
+
 }  // namespace
 
 // Replaces every argument in a future's memory by a SlotArgument (and a
@@ -202,12 +232,21 @@ uint64_t Executor::WrittenArguments(const c10::OperatorHandle& op) {
 
 void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
   work.written_args = WrittenArguments(*work.op);
+  auto written = [&](uint32_t i) {
+    return i < 64 ? (work.written_args >> i & 1) != 0 : work.written_args == ~uint64_t{0};
+  };
+  // Inputs from Python are fed by value: memory the program can write
+  // behind ATen's back is copied now, unless the op writes it or a queued
+  // Work already holds it (then the executor's program order decides, as
+  // for any ordinary memory).
+  auto fed = [&](const at::Tensor& t, uint32_t i) {
+    return !synchronous_ && ForeignMemory(t) && !written(i) && !MayBeQueued(t);
+  };
   auto note_real = [&](const at::Tensor& t) {
     if (t.defined() && t.has_storage()) referenced_[t.storage().unsafeGetStorageImpl()] = seq + 1;
   };
   auto take = [&](const at::Tensor& t, Slot* slot, uint32_t i, int32_t element) {
-    const bool written = i < 64 ? (work.written_args >> i & 1) != 0 : work.written_args == ~uint64_t{0};
-    if (written) slot->written = seq + 1;
+    if (written(i)) slot->written = seq + 1;
     work.slot_args.push_back(SlotArgumentOf(t, slot, i, element));
   };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
@@ -216,6 +255,9 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
       if (Slot* slot = SlotOf(v.toTensor())) {
         take(v.toTensor(), slot, i, -1);
         v = c10::IValue(at::Tensor());
+      } else if (fed(v.toTensor(), i)) {
+        v = c10::IValue(CopyNow(v.toTensor()));
+        ++fed_by_value_;
       } else {
         note_real(v.toTensor());
       }
@@ -225,6 +267,15 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
       for (size_t j = 0; j < list.size(); ++j) {
         const at::Tensor t = list.get(j);
         Slot* slot = SlotOf(t);
+        if (slot == nullptr && fed(t, i)) {
+          if (!copied) {
+            list = list.copy();
+            copied = true;
+          }
+          list.set(j, CopyNow(t));
+          ++fed_by_value_;
+          continue;
+        }
         if (slot == nullptr) {
           note_real(t);
           continue;
@@ -244,6 +295,15 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
         const c10::IValue e = list.get(j);
         if (!e.isTensor()) continue;
         Slot* slot = SlotOf(e.toTensor());
+        if (slot == nullptr && fed(e.toTensor(), i)) {
+          if (!copied) {
+            list = list.copy();
+            copied = true;
+          }
+          list.set(j, c10::IValue(CopyNow(e.toTensor())));
+          ++fed_by_value_;
+          continue;
+        }
         if (slot == nullptr) {
           note_real(e.toTensor());
           continue;
@@ -514,6 +574,7 @@ double Executor::busy_seconds() const {
 }
 
 void Executor::Loop() {
+  pthread_setname_np(pthread_self(), "terra-executor");  // for top, perf and gdb
   UseIntraOpThreads();
   uint64_t tail = 0;
   while (true) {

@@ -192,6 +192,8 @@ class Executor {
   uint64_t submitted() const { return submitted_; }
   // Seconds the program's thread spent waiting in Drain.
   double drain_wait_seconds() const { return drain_wait_s_; }
+  // Inputs copied at feed time (memory the program can write without ATen).
+  uint64_t fed_by_value() const { return fed_by_value_; }
   double busy_seconds() const;
 
  private:
@@ -233,6 +235,7 @@ class Executor {
   std::exception_ptr error_;
   std::string error_where_;
   uint64_t submitted_ = 0;
+  uint64_t fed_by_value_ = 0;
   // Futures not yet made real, with the sequence number of the Work that
   // makes them, in order from unmaterialized_[materialized_] on (program's
   // thread only).

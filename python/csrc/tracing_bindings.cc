@@ -181,6 +181,7 @@ class Tracer {
       total_ += coexec_->stats();
       busy_s_ += coexec_->executor().busy_seconds();
       wait_s_ += coexec_->executor().drain_wait_seconds();
+      fed_by_value_ += coexec_->executor().fed_by_value();
       MergeWaits(coexec_->wait_points());
     }
     coexec_.reset();
@@ -192,7 +193,9 @@ class Tracer {
     runtime::CoExecutionStats st = total_;
     double busy = busy_s_;
     double wait = wait_s_;
+    uint64_t fed = fed_by_value_;
     if (coexec_) {
+      fed += coexec_->executor().fed_by_value();
       st += coexec_->stats();
       busy += coexec_->executor().busy_seconds();
       wait += coexec_->executor().drain_wait_seconds();
@@ -204,6 +207,7 @@ class Tracer {
     d["first_divergence"] = st.first_divergence;
     d["executor_busy_s"] = busy;
     d["fetch_wait_s"] = wait;
+    d["fed_by_value"] = fed;
     // Where Python waited, longest total wait first.
     std::vector<runtime::WaitPoint> points = waits_;
     if (coexec_) points.insert(points.end(), coexec_->wait_points().begin(), coexec_->wait_points().end());
@@ -285,6 +289,7 @@ class Tracer {
   std::unordered_map<std::string, size_t> wait_index_;
   double busy_s_ = 0;
   double wait_s_ = 0;
+  uint64_t fed_by_value_ = 0;
 };
 
 }  // namespace

@@ -174,8 +174,31 @@ def checkpoint(steps):
     return [t.item() if t.dim() == 0 else t.sum().item() for t in saved], params(model) + saved
 
 
+def reused_numpy_buffer(steps):
+    # A loader that refills one numpy buffer in place every step, shared with
+    # the tensor the model reads (torch.from_numpy). The backward still queued
+    # when loss.item() returns reads x (the first layer's weight gradient):
+    # fed by value, it reads this step's batch, not the next one's.
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh(),
+                          nn.Linear(512, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    buf = np.zeros((64, 256), np.float32)
+    x = torch.from_numpy(buf)
+    out = []
+    for i in range(steps):
+        buf[:] = rng.standard_normal(buf.shape, dtype=np.float32)
+        loss = model(x[:, :]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(loss.item())
+    return out, params(model)
+
+
 SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_update_and_clip, lbfgs,
-                                     two_models, checkpoint)}
+                                     two_models, checkpoint, reused_numpy_buffer)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -190,7 +213,7 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
 
 
 @pytest.mark.parametrize("scenario", ["item_and_print", "numpy_between", "manual_update_and_clip",
-                                      "lbfgs", "two_models", "checkpoint"])
+                                      "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -201,6 +224,8 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     assert result["same"], result
     assert result["coexec"]["iterations"] > 0, result
     assert result["coexec"]["submitted"] > 0, result
+    if scenario == "reused_numpy_buffer":
+        assert result["coexec"]["fed_by_value"] > 0, result
 
 
 FAILS_LATE = '''
