@@ -236,6 +236,18 @@ class Tracer {
 
   bool CoexecActive() const { return coexec_ != nullptr; }
 
+  // Whether every value the TraceGraph recorded lives on the CPU (the only
+  // device the executor runs today).
+  bool GraphOnCpu() {
+    const auto& graph = recorder_.Graph();  // may be a copy: keep it alive
+    for (const graph::GraphNode& node : graph.nodes()) {
+      for (const graph::TensorMeta& m : node.outputs) {
+        if (static_cast<c10::DeviceType>(m.device_type) != c10::DeviceType::CPU) return false;
+      }
+    }
+    return true;
+  }
+
   // Interception off / back on for this thread, with whichever observer is
   // current (for reads that must run eagerly: printing, numpy()).
   void Pause() { runtime::DisableInterception(); }
@@ -366,6 +378,7 @@ void BindTracing(py::module_& m) {
       .def("pause", &Tracer::Pause)
       .def("resume", &Tracer::Resume)
       .def("coexec_active", &Tracer::CoexecActive)
+      .def("graph_on_cpu", &Tracer::GraphOnCpu)
       .def("serialize", [](Tracer& t) { return py::bytes(graph::Serialize(t.recorder().Graph())); });
 }
 

@@ -35,6 +35,7 @@ import atexit
 import contextlib
 import itertools
 import os
+import statistics
 import sys
 import sysconfig
 import threading
@@ -59,6 +60,24 @@ DEFAULT_GIVE_UP_AFTER = 20
 # of a schedule) is not given up on this way. TERRA_CHURN_WINDOW overrides it
 # (0: off).
 DEFAULT_CHURN_WINDOW = 6
+# auto: once the TraceGraph is stable, co-execution and eager run the
+# program's own iterations in turn, in blocks of PROBE_BLOCK iterations
+# (co-execution first and last, eager between, so that a drift of the
+# machine's speed cancels), and the faster runs the rest. The first iteration
+# of a block pays the switch (an executor starting, or the drain of what
+# co-execution left queued) and is not timed; a co-executed block is timed
+# from a drained executor to a drained executor, so work still queued counts.
+# TERRA_AUTO_COEXEC=0 turns the probe off (auto then runs eagerly once the
+# graph is stable).
+# TERRA_AUTO_PROBE_BLOCKS (odd, default 3) and TERRA_AUTO_PROBE_BLOCK
+# (default 3) lengthen the probe: many alternating blocks make an in-process
+# A/B comparison that a noisy machine's drift cannot bias
+# (examples/bench/auto_ab.py).
+PROBE_BLOCKS = 3
+PROBE_BLOCK = 3
+# Co-execution is kept only when it is at least this much faster than eager:
+# eager is the safe default, and a gain within the machine's noise is none.
+PROBE_MARGIN = 0.03
 _READ_ONLY_KINDS = frozenset(("print", "format", "tolist", "save"))
 _REPORT_WAIT_POINTS = 8  # wait points the report lists
 # Several ranks: how long a rank waits at a traced boundary for the others'
@@ -111,6 +130,8 @@ class _Session:
         self.fallbacks = 0
         self.boundaries = 0  # iterations ended, the prologue's included
         self.coexec_started_at = None  # the iteration (0-based) co-execution started with
+        self.probe = None  # auto: the timing of co-execution against eager (_probe_boundary)
+        self.no_probe_reason = None  # auto: why co-execution was not tried
         self.locally_stable_at = None  # the first such iteration by this rank's graph alone
         # Several ranks: this rank still votes at each boundary (_agree).
         self._voting = _peer_client() is not None and mode in ("auto", "coexec")
@@ -130,9 +151,11 @@ class _Session:
         if self.phase == "coexec":
             self.tracer.coexec_stop()
             self.phase = "trace"
-        if self.active:
-            self.tracer.stop()
+        if self.active or self.phase == "eager":
+            if self.phase != "eager":
+                self.tracer.stop()
             self.active = False
+            self.phase = "trace"
             self.stopped_reason = reason
         if self._hook is not None:
             self._hook.remove()
@@ -166,8 +189,12 @@ class _Session:
                 self.tracer.sync(tensor, kind)
 
     # -- iterations --------------------------------------------------------
+    def _listening(self):
+        # Boundaries still count while auto's probe runs an iteration eagerly.
+        return self.active or self.phase == "eager"
+
     def _on_step(self, optimizer, args, kwargs):
-        if self.explicit or not self.active:
+        if self.explicit or not self._listening():
             return
         key = id(optimizer)
         if not self.order_known:
@@ -181,7 +208,7 @@ class _Session:
             self._boundary(merge=True)
 
     def iteration(self):
-        if not self.active:
+        if not self._listening():
             return
         first = not self.explicit
         self.explicit = True
@@ -191,6 +218,9 @@ class _Session:
 
     def _boundary(self, merge):
         self.boundaries += 1
+        if self.probe is not None and self.probe["chosen"] is None:
+            self._probe_boundary()
+            return
         if self.phase == "coexec":
             self.coexec_iterations += 1
             if self.tracer.coexec_iteration() == "learned":
@@ -215,13 +245,90 @@ class _Session:
         self._voting = False  # every rank takes this decision at this boundary
         if decision == "give_up":
             self._stop("unstable" if local == "give_up" else "unstable_elsewhere")
-        elif self.mode == "auto":
+        elif self.mode == "auto" and not self._may_probe():
             self._stop("stable")
+        elif self.mode == "auto":
+            blocks = max(3, int(os.environ.get("TERRA_AUTO_PROBE_BLOCKS", PROBE_BLOCKS))) | 1
+            self.probe = {"block": 0, "i": 0, "t": 0.0, "started_at_iteration": self.boundaries,
+                          "s": {"coexec": [], "eager": []}, "chosen": None,
+                          "order": ["coexec" if b % 2 == 0 else "eager" for b in range(blocks)],
+                          "length": max(2, int(os.environ.get("TERRA_AUTO_PROBE_BLOCK", PROBE_BLOCK)))}
+            self._switch("coexec")
         else:
-            self.tracer.stop()
+            self._switch("coexec")
+
+    def _may_probe(self):
+        if os.environ.get("TERRA_AUTO_COEXEC", "1") == "0" or self.synchronous:
+            return False
+        if not self.tracer.graph_on_cpu():
+            self.no_probe_reason = "the program computes on a device other than the CPU"
+            return False
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # PyTorch's process groups (gloo, NCCL, MPI) read and write tensor
+            # memory in C++ without ATen ops, from DDP's reducer too: Terra
+            # cannot make a future real before they touch it.
+            self.no_probe_reason = ("a torch.distributed process group is in use (its collectives read "
+                                    "memory without ATen; terra.distributed's do not)")
+            return False
+        return True
+
+    def _switch(self, phase):
+        """Starts co-executing, or running eagerly (auto's probe), at this
+        boundary."""
+        if phase == "coexec":
+            if self.phase != "eager":
+                self.tracer.stop()  # recording ends here
             self.tracer.coexec_start(self.synchronous)
             self.phase = "coexec"
-            self.coexec_started_at = self.boundaries
+            self.active = True
+            if self.coexec_started_at is None:
+                self.coexec_started_at = self.boundaries
+        else:
+            if self.phase == "coexec":
+                self.tracer.coexec_stop()  # drains
+            else:
+                self.tracer.stop()
+            self.phase = "eager"
+            self.active = False  # nothing intercepted; boundaries still count
+
+    def _probe_boundary(self):
+        p = self.probe
+        mode = p["order"][p["block"]]
+        length = p["length"]
+        if self.phase == "coexec":
+            self.coexec_iterations += 1
+            if self.tracer.coexec_iteration() == "learned":
+                self.fallbacks += 1
+        i = p["i"]
+        if i == 0 or i == length - 1:
+            if mode == "coexec":
+                self.tracer.coexec_fetch("auto's timing")  # drained: queued work is timed too
+            now = time.perf_counter()
+            if i == 0:
+                p["t"] = now
+            else:
+                p["s"][mode].append((now - p["t"]) / (length - 1))
+        p["i"] = i = i + 1
+        if i < length:
+            return
+        p["block"] += 1
+        p["i"] = 0
+        if p["block"] < len(p["order"]):
+            self._switch(p["order"][p["block"]])
+            return
+        # Decided once, by this rank alone: ranks that differ still issue the
+        # same collectives (the bucket plan), so results do not depend on it.
+        coexec_s = statistics.mean(p["s"]["coexec"])
+        eager_s = statistics.mean(p["s"]["eager"])
+        p["chosen"] = "coexec" if coexec_s <= eager_s * (1 - PROBE_MARGIN) else "eager"
+        p["decided_at_iteration"] = self.boundaries
+        if p["chosen"] == "coexec":
+            if self.phase != "coexec":
+                self._switch("coexec")
+            return
+        if self.phase == "coexec":
+            self._switch("eager")
+        self._stop("stable")
 
     def _churning(self):
         """Whether the TraceGraph changed in all but at most one of the last
@@ -301,9 +408,22 @@ class _Session:
 
     def report(self):
         text = self.tracer.report(self.mode, self.stable_after, self.rank)
-        if self.stopped_reason == "stable":
+        p = self.probe
+        if p is not None:
+            c, e = p["s"]["coexec"], p["s"]["eager"]
+            if p["chosen"] is None:
+                text += (f"  auto: the program ended while co-execution and eager were being timed "
+                         f"(from iteration {p['started_at_iteration']})\n")
+            else:
+                text += (f"  auto: co-execution took {1e3 * statistics.mean(c):.3g} ms per iteration "
+                         f"against eager's {1e3 * statistics.mean(e):.3g} ms (timed in turns over iterations "
+                         f"{p['started_at_iteration']}-{p['decided_at_iteration'] - 1}); "
+                         + ("the rest was co-executed\n" if p["chosen"] == "coexec" else "the rest ran eagerly\n"))
+        elif self.stopped_reason == "stable":
             text += (f"  tracing stopped after the TraceGraph was unchanged for {self.stable_after} "
                      "iterations; the rest ran eagerly\n")
+            if self.no_probe_reason:
+                text += f"  auto: co-execution was not tried: {self.no_probe_reason}\n"
         elif self.stopped_reason == "unstable":
             text += (f"  tracing stopped: the TraceGraph was still changing ({self._changes_text()}; "
                      "new shapes or paths every iteration); the rest ran eagerly\n")
@@ -312,7 +432,7 @@ class _Session:
                      f"(here: {self._changes_text()}); every rank ran the rest eagerly\n")
         elif self.stopped_reason == "disabled":
             text += "  tracing was stopped by terra.disable()\n"
-        if self.mode == "coexec":
+        if self.mode == "coexec" or self.coexec_iterations:
             c = self.tracer.coexec_stats()
             text += (f"  co-execution: {self.coexec_iterations} iterations, {self.fallbacks} fallbacks; "
                      f"{c['submitted']} ops to the executor, {c['eager']} run by Python (views, fetches), "
@@ -468,7 +588,15 @@ def stats():
         return {}
     d = s.tracer.stats()
     d["changed_at_iterations"] = list(s.changed_at)
-    if s.mode == "coexec":
+    if s.no_probe_reason:
+        d["auto"] = {"chosen": None, "not_tried": s.no_probe_reason}
+    if s.probe is not None:
+        p = s.probe
+        d["auto"] = {"chosen": p["chosen"], "coexec_iteration_s": list(p["s"]["coexec"]),
+                     "eager_iteration_s": list(p["s"]["eager"]),
+                     "probe_started_at_iteration": p["started_at_iteration"],
+                     "decided_at_iteration": p.get("decided_at_iteration")}
+    if s.mode == "coexec" or s.coexec_iterations:
         d["coexec"] = dict(s.tracer.coexec_stats(), iterations=s.coexec_iterations,
                            fallbacks=s.fallbacks, phase=s.phase,
                            started_at_iteration=s.coexec_started_at,

@@ -900,8 +900,8 @@ emit(on=on, stats=terra.stats(), report=terra.report())
 """
 
 
-def test_auto_mode_stops_once_the_graph_is_stable(tmp_path):
-    _, r = run_program(tmp_path, AUTO_MODE)
+def test_auto_mode_without_the_probe_stops_once_the_graph_is_stable(tmp_path):
+    r = Program(tmp_path, AUTO_MODE).run(env={"TERRA_AUTO_COEXEC": "0"})
     # Step 1 is the prologue, step 2 the first merge (a change), steps 3 and 4 change
     # nothing: stable for 2, so tracing stops at step 4.
     assert r["on"] == [True, True, True, False, False, False, False]
@@ -909,6 +909,68 @@ def test_auto_mode_stops_once_the_graph_is_stable(tmp_path):
     assert stats["iterations"] == 3 and stats["stable_for"] == 2
     assert stats["ops_in_current"] == 0  # nothing recorded after stopping
     assert "tracing stopped after the TraceGraph was unchanged for 2 iterations" in r["report"]
+
+
+AUTO_PROBE = """
+import os
+
+
+def train(steps):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    data = torch.randn(32, 16)
+    losses, on = [], []
+    for _ in range(steps):
+        loss = model(data).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        on.append(terra.enabled())
+    return losses, [p.detach().clone() for p in model.parameters()], on
+
+
+steps = int(os.environ["STEPS"])
+eager_losses, eager_params, _ = train(steps)
+terra.enable("auto", stable_after=2)
+losses, params, on = train(steps)
+stats = terra.stats()
+emit(same=losses == eager_losses and all(torch.equal(a, b) for a, b in zip(params, eager_params)),
+     on=on, auto=stats.get("auto"), coexec=stats.get("coexec"), report=terra.report())
+"""
+
+
+@pytest.mark.parametrize("blocks", [3, 5])
+def test_auto_mode_times_coexecution_against_eager_and_keeps_the_faster(tmp_path, blocks):
+    # Steps 0 (prologue) to 3 trace, stable for 2 at the boundary of step 3; the
+    # probe runs `blocks` blocks of 3 iterations from step 4, co-execution first
+    # and last, and decides at the boundary of its last iteration.
+    length, steps = 3, 4 + blocks * 3 + 4
+    r = Program(tmp_path, AUTO_PROBE).run(env={"STEPS": str(steps), "TERRA_AUTO_PROBE_BLOCKS": str(blocks)})
+    assert r["same"], "auto mode changed the results"
+    auto = r["auto"]
+    c, e = auto["coexec_iteration_s"], auto["eager_iteration_s"]
+    assert (len(c), len(e)) == ((blocks + 1) // 2, blocks // 2), auto
+    assert auto["probe_started_at_iteration"] == 4
+    assert auto["decided_at_iteration"] == 4 + blocks * length
+    faster = sum(c) / len(c) <= sum(e) / len(e) * 0.97
+    assert auto["chosen"] == ("coexec" if faster else "eager"), auto
+    probed = (blocks + 1) // 2 * length
+    decided = 4 + blocks * length
+    if auto["chosen"] == "coexec":
+        # Co-executed after the probe too, to the end.
+        assert r["coexec"]["iterations"] == probed + steps - decided, r["coexec"]
+        assert r["on"][-1] is True
+        assert "the rest was co-executed" in r["report"], r["report"]
+    else:
+        assert r["coexec"]["iterations"] == probed, r["coexec"]
+        assert r["on"][decided - 1:] == [False] * (steps - decided + 1), r["on"]
+        assert "the rest ran eagerly" in r["report"], r["report"]
+    # During the probe's eager blocks nothing is intercepted.
+    for b in range(1, blocks, 2):
+        assert r["on"][4 + b * length: 4 + (b + 1) * length - 1] == [False] * (length - 1), (b, r["on"])
+    assert "auto: co-execution took" in r["report"], r["report"]
 
 
 CHURN = """
@@ -938,7 +1000,7 @@ emit(on=on, stats=terra.stats(), report=terra.report())
 ])
 def test_a_graph_that_keeps_changing_is_given_up_early(tmp_path, sizes, gives_up_after):
     program = Program(tmp_path, CHURN)
-    r = program.run(env={"SIZES": sizes})
+    r = program.run(env={"SIZES": sizes, "TERRA_AUTO_COEXEC": "0"})  # the churn rule alone
     if gives_up_after is None:
         assert "still changing" not in r["report"], r["report"]
         assert r["on"][-1] is False  # stopped as stable
