@@ -956,6 +956,7 @@ def test_auto_mode_times_coexecution_against_eager_and_keeps_the_faster(tmp_path
     assert auto["decided_at_iteration"] == 4 + blocks * length
     faster = sum(c) / len(c) <= sum(e) / len(e) * 0.97
     assert auto["chosen"] == ("coexec" if faster else "eager"), auto
+    assert r["coexec"]["fallbacks"] == 0, r["coexec"]  # each switch back starts at the graph's root
     probed = (blocks + 1) // 2 * length
     decided = 4 + blocks * length
     if auto["chosen"] == "coexec":
