@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "runtime/base/check.h"
@@ -242,50 +243,37 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
   auto fed = [&](const at::Tensor& t, uint32_t i) {
     return !synchronous_ && ForeignMemory(t) && !written(i) && !MayBeQueued(t);
   };
-  auto note_real = [&](const at::Tensor& t) {
+  // What the Work holds in place of `t`: nothing new for ordinary memory
+  // (held as given, and noted), an undefined placeholder for a future's
+  // memory (its SlotArgument), a copy for memory fed by value.
+  auto adopt = [&](const at::Tensor& t, uint32_t i, int32_t element) -> std::optional<at::Tensor> {
+    if (Slot* slot = SlotOf(t)) {
+      if (written(i)) slot->written = seq + 1;
+      work.slot_args.push_back(SlotArgumentOf(t, slot, i, element));
+      return at::Tensor();
+    }
+    if (fed(t, i)) {
+      ++fed_by_value_;
+      return CopyNow(t);
+    }
     if (t.defined() && t.has_storage()) referenced_[t.storage().unsafeGetStorageImpl()] = seq + 1;
-  };
-  auto take = [&](const at::Tensor& t, Slot* slot, uint32_t i, int32_t element) {
-    if (written(i)) slot->written = seq + 1;
-    work.slot_args.push_back(SlotArgumentOf(t, slot, i, element));
+    return std::nullopt;
   };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
     c10::IValue& v = work.inputs[i];
     if (v.isTensor()) {
-      if (Slot* slot = SlotOf(v.toTensor())) {
-        take(v.toTensor(), slot, i, -1);
-        v = c10::IValue(at::Tensor());
-      } else if (fed(v.toTensor(), i)) {
-        v = c10::IValue(CopyNow(v.toTensor()));
-        ++fed_by_value_;
-      } else {
-        note_real(v.toTensor());
-      }
+      if (std::optional<at::Tensor> held = adopt(v.toTensor(), i, -1)) v = c10::IValue(std::move(*held));
     } else if (v.isTensorList()) {
       c10::List<at::Tensor> list = v.toTensorList();
-      bool copied = false;
+      bool copied = false;  // the program's list is never written: copied first
       for (size_t j = 0; j < list.size(); ++j) {
-        const at::Tensor t = list.get(j);
-        Slot* slot = SlotOf(t);
-        if (slot == nullptr && fed(t, i)) {
-          if (!copied) {
-            list = list.copy();
-            copied = true;
-          }
-          list.set(j, CopyNow(t));
-          ++fed_by_value_;
-          continue;
-        }
-        if (slot == nullptr) {
-          note_real(t);
-          continue;
-        }
+        std::optional<at::Tensor> held = adopt(list.get(j), i, static_cast<int32_t>(j));
+        if (!held) continue;
         if (!copied) {
           list = list.copy();
           copied = true;
         }
-        take(t, slot, i, static_cast<int32_t>(j));
-        list.set(j, at::Tensor());
+        list.set(j, std::move(*held));
       }
       if (copied) v = c10::IValue(std::move(list));
     } else if (v.isList()) {  // Tensor?[] (index, index_put_)
@@ -294,26 +282,13 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
       for (size_t j = 0; j < list.size(); ++j) {
         const c10::IValue e = list.get(j);
         if (!e.isTensor()) continue;
-        Slot* slot = SlotOf(e.toTensor());
-        if (slot == nullptr && fed(e.toTensor(), i)) {
-          if (!copied) {
-            list = list.copy();
-            copied = true;
-          }
-          list.set(j, c10::IValue(CopyNow(e.toTensor())));
-          ++fed_by_value_;
-          continue;
-        }
-        if (slot == nullptr) {
-          note_real(e.toTensor());
-          continue;
-        }
+        std::optional<at::Tensor> held = adopt(e.toTensor(), i, static_cast<int32_t>(j));
+        if (!held) continue;
         if (!copied) {
           list = list.copy();
           copied = true;
         }
-        take(e.toTensor(), slot, i, static_cast<int32_t>(j));
-        list.set(j, c10::IValue());
+        list.set(j, held->defined() ? c10::IValue(std::move(*held)) : c10::IValue());
       }
       if (copied) v = c10::IValue(std::move(list));
     }
