@@ -251,6 +251,8 @@ class _Session:
             blocks = max(3, int(os.environ.get("TERRA_AUTO_PROBE_BLOCKS", PROBE_BLOCKS))) | 1
             self.probe = {"block": 0, "i": 0, "t": 0.0, "started_at_iteration": self.boundaries,
                           "s": {"coexec": [], "eager": []}, "chosen": None,
+                          # Read before the executor starts (it takes the program's pool).
+                          "intra_op_threads": torch.get_num_threads(), "cores": _usable_cores(),
                           "order": ["coexec" if b % 2 == 0 else "eager" for b in range(blocks)],
                           "length": max(2, int(os.environ.get("TERRA_AUTO_PROBE_BLOCK", PROBE_BLOCK)))}
             self._switch("coexec")
@@ -419,6 +421,11 @@ class _Session:
                          f"against eager's {1e3 * statistics.mean(e):.3g} ms (timed in turns over iterations "
                          f"{p['started_at_iteration']}-{p['decided_at_iteration'] - 1}); "
                          + ("the rest was co-executed\n" if p["chosen"] == "coexec" else "the rest ran eagerly\n"))
+                if p["chosen"] == "eager" and p["intra_op_threads"] + 1 > p["cores"]:
+                    text += (f"  auto: the executor runs eager's {p['intra_op_threads']} intra-op threads (the same "
+                             f"count keeps results bit-identical) beside the program's thread, on {p['cores']} "
+                             "cores: they share a core; co-execution gains where one is left for Python "
+                             "(docs/coexecution.md, \"The cores\")\n")
         elif self.stopped_reason == "stable":
             text += (f"  tracing stopped after the TraceGraph was unchanged for {self.stable_after} "
                      "iterations; the rest ran eagerly\n")
@@ -464,6 +471,14 @@ class _Session:
         stats_path = os.environ.get("TERRA_STATS_JSON")
         if stats_path and self is _last_session():
             _write_stats_json(stats_path, self.rank, phase)
+
+
+def _usable_cores():
+    """The CPUs this process may run on (its affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _jsonable(value):
@@ -595,6 +610,7 @@ def stats():
         d["auto"] = {"chosen": p["chosen"], "coexec_iteration_s": list(p["s"]["coexec"]),
                      "eager_iteration_s": list(p["s"]["eager"]),
                      "probe_started_at_iteration": p["started_at_iteration"],
+                     "intra_op_threads": p["intra_op_threads"], "cores": p["cores"],
                      "decided_at_iteration": p.get("decided_at_iteration")}
     if s.mode == "coexec" or s.coexec_iterations:
         d["coexec"] = dict(s.tracer.coexec_stats(), iterations=s.coexec_iterations,

@@ -968,6 +968,10 @@ def test_auto_mode_times_coexecution_against_eager_and_keeps_the_faster(tmp_path
         assert r["coexec"]["iterations"] == probed, r["coexec"]
         assert r["on"][decided - 1:] == [False] * (steps - decided + 1), r["on"]
         assert "the rest ran eagerly" in r["report"], r["report"]
+        # Says when the executor's threads and the program's overfill the cores.
+        overfilled = auto["intra_op_threads"] + 1 > auto["cores"]
+        assert ("they share a core" in r["report"]) == overfilled, (auto, r["report"])
+    assert auto["cores"] == len(os.sched_getaffinity(0)) and auto["intra_op_threads"] >= 1, auto
     # During the probe's eager blocks nothing is intercepted.
     for b in range(1, blocks, 2):
         assert r["on"][4 + b * length: 4 + (b + 1) * length - 1] == [False] * (length - 1), (b, r["on"])
