@@ -49,6 +49,10 @@ struct CoExecutionStats {
   uint64_t fetches = 0;    // drains before a value read
   uint64_t divergences = 0;
   std::string first_divergence;  // the op that left the graph first, and what was expected
+  // The executor's: seconds busy, seconds the program waited for it, inputs fed by value.
+  double executor_busy_s = 0;
+  double fetch_wait_s = 0;
+  uint64_t fed_by_value = 0;
 
   // Adds another run's counts (first_divergence: the earlier one stays).
   CoExecutionStats& operator+=(const CoExecutionStats& other) {
@@ -56,6 +60,9 @@ struct CoExecutionStats {
     eager += other.eager;
     fetches += other.fetches;
     divergences += other.divergences;
+    executor_busy_s += other.executor_busy_s;
+    fetch_wait_s += other.fetch_wait_s;
+    fed_by_value += other.fed_by_value;
     if (first_divergence.empty()) first_divergence = other.first_divergence;
     return *this;
   }
@@ -90,7 +97,14 @@ class CoExecutor final : public OpObserver {
   enum class Boundary { kFollowed, kLearned };
   Boundary EndIteration();
   bool diverged() const { return diverged_; }
-  const CoExecutionStats& stats() const { return stats_; }
+  // This co-executor's counts, its executor's included.
+  CoExecutionStats stats() const {
+    CoExecutionStats s = stats_;
+    s.executor_busy_s = executor_.busy_seconds();
+    s.fetch_wait_s = executor_.drain_wait_seconds();
+    s.fed_by_value = executor_.fed_by_value();
+    return s;
+  }
   // Waits by program location, in first-seen order.
   const std::vector<WaitPoint>& wait_points() const { return wait_points_; }
   Executor& executor() { return executor_; }

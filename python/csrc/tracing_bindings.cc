@@ -179,9 +179,6 @@ class Tracer {
     if (coexec_) {
       coexec_->executor().Drain();
       total_ += coexec_->stats();
-      busy_s_ += coexec_->executor().busy_seconds();
-      wait_s_ += coexec_->executor().drain_wait_seconds();
-      fed_by_value_ += coexec_->executor().fed_by_value();
       MergeWaits(coexec_->wait_points());
     }
     coexec_.reset();
@@ -191,23 +188,15 @@ class Tracer {
   py::dict CoexecStats() {
     py::dict d;
     runtime::CoExecutionStats st = total_;
-    double busy = busy_s_;
-    double wait = wait_s_;
-    uint64_t fed = fed_by_value_;
-    if (coexec_) {
-      fed += coexec_->executor().fed_by_value();
-      st += coexec_->stats();
-      busy += coexec_->executor().busy_seconds();
-      wait += coexec_->executor().drain_wait_seconds();
-    }
+    if (coexec_) st += coexec_->stats();
     d["submitted"] = st.submitted;
     d["eager"] = st.eager;
     d["fetches"] = st.fetches;
     d["divergences"] = st.divergences;
     d["first_divergence"] = st.first_divergence;
-    d["executor_busy_s"] = busy;
-    d["fetch_wait_s"] = wait;
-    d["fed_by_value"] = fed;
+    d["executor_busy_s"] = st.executor_busy_s;
+    d["fetch_wait_s"] = st.fetch_wait_s;
+    d["fed_by_value"] = st.fed_by_value;
     // Where Python waited, longest total wait first.
     std::vector<runtime::WaitPoint> points = waits_;
     if (coexec_) points.insert(points.end(), coexec_->wait_points().begin(), coexec_->wait_points().end());
@@ -299,9 +288,6 @@ class Tracer {
   runtime::CoExecutionStats total_;
   std::vector<runtime::WaitPoint> waits_;  // of finished co-execution runs
   std::unordered_map<std::string, size_t> wait_index_;
-  double busy_s_ = 0;
-  double wait_s_ = 0;
-  uint64_t fed_by_value_ = 0;
 };
 
 }  // namespace

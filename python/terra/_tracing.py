@@ -222,11 +222,7 @@ class _Session:
             self._probe_boundary()
             return
         if self.phase == "coexec":
-            self.coexec_iterations += 1
-            if self.tracer.coexec_iteration() == "learned":
-                # The iteration left the TraceGraph and finished eagerly while
-                # its new path was recorded; co-execution goes on with it.
-                self.fallbacks += 1
+            self._end_coexec_iteration()
             return
         if self.tracer.end_iteration(merge):  # never for the prologue (not merged)
             self.changed_at.append(self.boundaries - 1)
@@ -293,14 +289,19 @@ class _Session:
             self.phase = "eager"
             self.active = False  # nothing intercepted; boundaries still count
 
+    def _end_coexec_iteration(self):
+        self.coexec_iterations += 1
+        if self.tracer.coexec_iteration() == "learned":
+            # The iteration left the TraceGraph and finished eagerly while
+            # its new path was recorded; co-execution goes on with it.
+            self.fallbacks += 1
+
     def _probe_boundary(self):
         p = self.probe
         mode = p["order"][p["block"]]
         length = p["length"]
         if self.phase == "coexec":
-            self.coexec_iterations += 1
-            if self.tracer.coexec_iteration() == "learned":
-                self.fallbacks += 1
+            self._end_coexec_iteration()
         i = p["i"]
         if i == 0 or i == length - 1:
             if mode == "coexec":
