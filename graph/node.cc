@@ -90,7 +90,7 @@ void EncodeMetasTo(const std::vector<TensorMeta>& metas, Writer& out) {
 
 // Field order is the format: changing it changes every hash (bump the wire
 // version in serialize.cc and the golden hash in node_test.cc). Writer is a
-// ByteWriter (the wire format) or an Fnv1aWriter (the structural hash of the
+// ByteWriter (the wire format) or an HashWriter (the structural hash of the
 // same bytes, without materializing them).
 template <typename Writer>
 void EncodeTo(const NodeIdentity& id, Writer& out) {
@@ -136,7 +136,7 @@ std::vector<TensorMeta> DecodeMetas(ByteReader& in, const char* what) {
 }
 
 uint64_t MetasHash(const std::vector<TensorMeta>& metas) {
-  Fnv1aWriter out;
+  HashWriter out;
   EncodeMetasTo(metas, out);
   return out.state();
 }
@@ -160,17 +160,14 @@ NodeIdentity DecodeIdentity(ByteReader& in) {
   return id;
 }
 
-uint64_t Fnv1a64(std::string_view bytes) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (char c : bytes) {
-    h ^= static_cast<uint8_t>(c);
-    h *= 0x100000001b3ull;
-  }
-  return h;
+uint64_t Hash64(std::string_view bytes) {
+  HashWriter h;
+  h.Raw(bytes);
+  return h.state();
 }
 
 uint64_t StructuralHash(const NodeIdentity& id) {
-  Fnv1aWriter out;
+  HashWriter out;
   EncodeTo(id, out);
   return out.state();
 }

@@ -2,7 +2,7 @@
 //
 // Two ATen calls are the same node when their NodeIdentity is equal: same
 // operator and overload, same non-tensor arguments, same metadata for every
-// tensor input, same program location. The structural hash is FNV-1a 64 over
+// tensor input, same program location. The structural hash is Hash64 over
 // the canonical encoding (EncodeIdentity): fixed-width little-endian fields in
 // a fixed order, so it is identical across processes, ranks and hosts (never
 // std::hash). The canonical encoding is also the wire encoding of a node
@@ -106,13 +106,13 @@ void EncodeIdentity(const NodeIdentity& id, ByteWriter& out);
 NodeIdentity DecodeIdentity(ByteReader& in);
 
 // A list of tensor metadata (a node's outputs) in the identity's layout for
-// its inputs: a u32 count, then each tensor. MetasHash is FNV-1a of those
+// its inputs: a u32 count, then each tensor. MetasHash is Hash64 of those
 // bytes; the recorder streams the same bytes from live tensors.
 void EncodeMetas(const std::vector<TensorMeta>& metas, ByteWriter& out);
 std::vector<TensorMeta> DecodeMetas(ByteReader& in, const char* what);
 uint64_t MetasHash(const std::vector<TensorMeta>& metas);
 
-uint64_t Fnv1a64(std::string_view bytes);
+uint64_t Hash64(std::string_view bytes);  // HashWriter over these bytes
 uint64_t StructuralHash(const NodeIdentity& id);
 // The hash of `id` without its input metadata: equal for the variants (other
 // shapes, dtypes, strides) of one op issued at one location.

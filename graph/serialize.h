@@ -28,7 +28,8 @@
 
 namespace terra::graph {
 
-inline constexpr uint16_t kWireVersion = 2;
+// 3: the structural hash is HashWriter's word-at-a-time mix (2: FNV-1a per byte).
+inline constexpr uint16_t kWireVersion = 3;
 inline constexpr char kWireMagic[4] = {'T', 'R', 'G', 'R'};
 
 std::string Serialize(const TraceGraph& graph);

@@ -24,7 +24,7 @@ BackwardContext CurrentBackward() {
   ctx.has_forward = ctx.sequence_nr != std::numeric_limits<uint64_t>::max();
   // The mangled type name is the same in every process built from the same
   // sources (node->name() demangles, which costs microseconds).
-  ctx.kind = graph::Fnv1a64(typeid(*node).name());
+  ctx.kind = graph::Hash64(typeid(*node).name());
   if (!ctx.has_forward) {
     if (auto* acc = dynamic_cast<torch::autograd::AccumulateGrad*>(&*node)) {
       ctx.accumulates_into = acc->variable.unsafeGetTensorImpl();

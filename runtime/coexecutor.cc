@@ -208,7 +208,7 @@ void CoExecutor::AwaitAt(c10::ArrayRef<c10::IValue> values, const std::string& w
 
 void CoExecutor::ChargeWait(double waited, const std::string& what) {
   locator_->source().CurrentFrames(&frames_);
-  graph::Fnv1aWriter h;
+  graph::HashWriter h;
   for (const graph::Frame& f : frames_) {
     h.U64(f.code_id);
     h.U32(f.offset);

@@ -150,9 +150,10 @@ void EncodeArguments(c10::ArrayRef<c10::IValue> inputs, const ArgumentPolicy& po
 // Sizes and strides where the tensor has plain ones; nested tensors and
 // tensors with symbolic or policy-controlled sizes are identified by dtype
 // and device alone.
-inline bool PlainSizes(const at::Tensor& t) {
-  return !t.is_nested() && !t.unsafeGetTensorImpl()->has_symbolic_sizes_strides();
+inline bool PlainSizes(const c10::TensorImpl& t) {
+  return !t.is_nested() && !t.has_symbolic_sizes_strides();
 }
+inline bool PlainSizes(const at::Tensor& t) { return PlainSizes(*t.unsafeGetTensorImpl()); }
 
 inline graph::TensorMeta MetaOf(const at::Tensor& t) {
   graph::TensorMeta m;
@@ -171,8 +172,8 @@ inline graph::TensorMeta MetaOf(const at::Tensor& t) {
 }
 
 // EncodeIdentity's bytes for MetaOf(t), into a hash.
-inline void HashMeta(const at::Tensor& t, graph::Fnv1aWriter& h) {
-  h.U8(static_cast<uint8_t>(t.scalar_type()));
+inline void HashMeta(const c10::TensorImpl& t, graph::HashWriter& h) {
+  h.U8(static_cast<uint8_t>(c10::typeMetaToScalarType(t.dtype())));
   const c10::Device device = t.device();
   h.U8(static_cast<uint8_t>(device.type()));
   h.U16(static_cast<uint16_t>(static_cast<int16_t>(device.index())));
@@ -192,20 +193,22 @@ inline void HashMeta(const at::Tensor& t, graph::Fnv1aWriter& h) {
     h.U32(0);
   }
 }
+inline const c10::TensorImpl& ImplOf(const at::Tensor& t) { return *t.unsafeGetTensorImpl(); }
+inline const c10::TensorImpl& ImplOf(const c10::TensorImpl* t) { return *t; }
 
-// FNV state after the operator and overload names: the start of every hash of
+// The hash after the operator and overload names: the start of every hash of
 // this operator's nodes.
-inline uint64_t NameState(const c10::OperatorName& name) {
-  graph::Fnv1aWriter h;
+inline graph::HashWriter NameState(const c10::OperatorName& name) {
+  graph::HashWriter h;
   h.Bytes(name.name);
   h.Bytes(name.overload_name);
-  return h.state();
+  return h;
 }
 
 // What the recorder and the validator both need to know of an operator to
 // compute its nodes' identities; computed once per operator and cached.
 struct IdentityTraits {
-  uint64_t name_state = 0;  // NameState()
+  graph::HashWriter name_state;  // NameState()
   ArgumentPolicy policy;    // which argument values are fed, not identity
   // The profiler's record_function markers (optimizers' step and zero_grad
   // issue them) compute nothing: they run, but are no node.
@@ -221,15 +224,16 @@ inline IdentityTraits IdentityTraitsOf(const c10::OperatorHandle& op) {
 }
 
 // graph::StructuralHash of the identity these parts make, computed without
-// building it (EncodeIdentity's layout after the names).
-inline uint64_t IdentityHash(uint64_t name_state, std::string_view args,
-                             const std::vector<at::Tensor>& tensors,
-                             const std::vector<graph::Frame>& frames, uint64_t backward_of,
-                             uint32_t ordinal) {
-  graph::Fnv1aWriter h(name_state);
+// building it (EncodeIdentity's layout after the names). `tensors` holds
+// at::Tensor or TensorImpl pointers (the validator's, which hold no reference:
+// a reference would raise the use counts autograd decides by).
+template <typename Tensors>
+uint64_t IdentityHash(const graph::HashWriter& name_state, std::string_view args, const Tensors& tensors,
+                      const std::vector<graph::Frame>& frames, uint64_t backward_of, uint32_t ordinal) {
+  graph::HashWriter h = name_state;
   h.Bytes(args);
   h.U32(static_cast<uint32_t>(tensors.size()));
-  for (const at::Tensor& t : tensors) HashMeta(t, h);
+  for (const auto& t : tensors) HashMeta(ImplOf(t), h);
   h.U32(static_cast<uint32_t>(frames.size()));
   for (const graph::Frame& f : frames) {
     h.U64(f.code_id);
@@ -243,9 +247,9 @@ inline uint64_t IdentityHash(uint64_t name_state, std::string_view args,
 
 // graph::MetasHash of these tensors' metadata, streamed.
 inline uint64_t OutputsHash(const std::vector<at::Tensor>& tensors) {
-  graph::Fnv1aWriter h;
+  graph::HashWriter h;
   h.U32(static_cast<uint32_t>(tensors.size()));
-  for (const at::Tensor& t : tensors) HashMeta(t, h);
+  for (const at::Tensor& t : tensors) HashMeta(ImplOf(t), h);
   return h.state();
 }
 

@@ -4,6 +4,10 @@ namespace terra::runtime {
 namespace {
 
 thread_local std::vector<graph::Frame> tls_frames;
+// Sequence numbers further apart than this restart the window rather than
+// fill the gap (autograd numbers nodes per thread; ops Terra never saw, on
+// this thread or another, leave gaps).
+constexpr uint64_t kMaxSequenceGap = uint64_t{1} << 16;
 
 }  // namespace
 
@@ -25,8 +29,10 @@ void OpLocator::Locate(OpSite& site) {
   if (site.backward.active) {
     uint64_t of = 0;
     if (site.backward.has_forward) {
-      auto it = forward_of_seq_.find(site.backward.sequence_nr);
-      if (it != forward_of_seq_.end()) of = it->second;
+      const uint64_t seq = site.backward.sequence_nr;
+      if (seq >= forward_base_ && seq - forward_base_ < forward_of_seq_.size()) {
+        of = forward_of_seq_[seq - forward_base_];
+      }
     } else if (site.backward.accumulates_into != nullptr) {
       // Not by the op before it: whether that was a steal or a clone in the
       // previous AccumulateGrad must not change this one's identity.
@@ -38,10 +44,10 @@ void OpLocator::Locate(OpSite& site) {
                       c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::reclaim_copy(impl))};
         it = leaves_.insert_or_assign(site.backward.accumulates_into, std::move(leaf)).first;
       }
-      of = site.backward.kind ^ (it->second.number * graph::Fnv1aWriter::kPrime);
+      of = site.backward.kind ^ (it->second.number * graph::HashWriter::kMultiplier);
     }
     if (of == 0) {
-      of = site.backward.kind ^ (last_hash_ * graph::Fnv1aWriter::kPrime);
+      of = site.backward.kind ^ (last_hash_ * graph::HashWriter::kMultiplier);
       if (of == 0) of = 1;
     }
     site.backward_of = of;
@@ -56,7 +62,15 @@ void OpLocator::Locate(OpSite& site) {
 void OpLocator::Commit(const OpSite& site, uint64_t hash) {
   ordinals_.Next(*site.frames, site.backward_of);
   if (!site.backward.active) last_sequence_nr_ = site.next_sequence_nr;
-  if (site.maps_sequence) forward_of_seq_[site.sequence_nr] = hash;
+  if (site.maps_sequence) {
+    const uint64_t seq = site.sequence_nr;
+    if (forward_of_seq_.empty() || seq < forward_base_ || seq - forward_base_ > kMaxSequenceGap) {
+      forward_of_seq_.clear();  // a new thread's numbers, or a jump: start over here
+      forward_base_ = seq;
+    }
+    if (seq - forward_base_ >= forward_of_seq_.size()) forward_of_seq_.resize(seq - forward_base_ + 1, 0);
+    forward_of_seq_[seq - forward_base_] = hash;
+  }
   last_hash_ = hash;
 }
 
@@ -65,8 +79,9 @@ void OpLocator::StartIteration() {
   last_hash_ = 0;
   // Backward functions created before the previous boundary no longer run
   // in this program's usual shape; forget them so the map stays small.
-  for (auto it = forward_of_seq_.begin(); it != forward_of_seq_.end();) {
-    it = it->first < seq_at_previous_start_ ? forward_of_seq_.erase(it) : std::next(it);
+  while (!forward_of_seq_.empty() && forward_base_ < seq_at_previous_start_) {
+    forward_of_seq_.pop_front();
+    ++forward_base_;
   }
   seq_at_previous_start_ = NextSequenceNr();
 }

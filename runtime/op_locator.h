@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <unordered_map>
 
 #include <c10/core/TensorImpl.h>
@@ -63,7 +64,11 @@ class OpLocator {
 
  private:
   LocationSource* source_;
-  std::unordered_map<uint64_t, uint64_t> forward_of_seq_;
+  // Forward node hashes by autograd sequence number, from forward_base_ on
+  // (0: none): a window over consecutive numbers instead of a hash map, so
+  // a forward op costs no allocation once warm.
+  std::deque<uint64_t> forward_of_seq_;
+  uint64_t forward_base_ = 0;
   // Leaves AccumulateGrad writes, numbered in first-seen order; the weak
   // references keep an address from naming another tensor later.
   struct Leaf {

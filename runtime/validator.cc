@@ -43,10 +43,10 @@ Validator::Outcome Validator::Check(const c10::OperatorHandle& op,
   locator_->Locate(site);
   args_.Clear();
   tensors_.clear();
-  EncodeArguments(inputs, info.policy, args_, [&](const at::Tensor& t) { tensors_.push_back(t); });
+  EncodeArguments(inputs, info.policy, args_,
+                  [&](const at::Tensor& t) { tensors_.push_back(t.unsafeGetTensorImpl()); });
   const uint64_t hash = IdentityHash(info.name_state, args_.bytes(), tensors_, *site.frames,
                                      site.backward_of, site.ordinal);
-  tensors_.clear();  // holding them would raise use counts autograd decides by
 
   last_position_ = position_;
   for (const graph::Edge& e : graph_->Successors(position_)) {

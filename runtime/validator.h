@@ -5,7 +5,7 @@
 // The check must cost far less than the op itself (target: under half an
 // eager tiny op), so it builds no NodeIdentity. It streams the op's canonical
 // encoding (graph/node.h: operator, arguments, input metadata, location)
-// through FNV-1a (graph::Fnv1aWriter), which yields exactly the structural
+// through graph::HashWriter, which yields exactly the structural
 // hash the recorder gave the node, and compares it with the hashes of the
 // current node's successors. Per op: one thread-local read for the autograd
 // context, the frame walk of the LocationSource, one cached lookup of the
@@ -82,7 +82,9 @@ class Validator final : public OpObserver {
   graph::NodeIndex position_ = graph::kEntry;
   graph::NodeIndex last_position_ = graph::kEntry;
   // Reused buffers.
-  std::vector<at::Tensor> tensors_;
+  // The op's tensor inputs, alive on the op's stack while Check runs; no
+  // reference held (it would raise use counts autograd decides by).
+  std::vector<const c10::TensorImpl*> tensors_;
   graph::ArgsEncoder args_;
   ValidatorStats stats_;
 };

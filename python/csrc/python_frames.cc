@@ -85,7 +85,7 @@ uint64_t PythonFrames::SlowCodeId(void* code) {
   entry.file = Utf8(co->co_filename);
   entry.name = Utf8(co->co_qualname);
   const std::string key = entry.file + '\0' + entry.name + '\0' + std::to_string(co->co_firstlineno);
-  const uint64_t id = graph::Fnv1a64(key);
+  const uint64_t id = graph::Hash64(key);
   for (const std::string& prefix : library_prefixes_) {
     if (!prefix.empty() && entry.file.compare(0, prefix.size(), prefix) == 0) entry.library = true;
   }
