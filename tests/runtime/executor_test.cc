@@ -35,11 +35,21 @@ c10::OperatorHandle Op(const char* name, const char* overload) {
 }
 
 // A Work computing op(inputs) into a new future; returns the future.
+Work MakeWork(c10::OperatorHandle op, torch::jit::Stack inputs, std::vector<FutureOutput> futures,
+              const char* where) {
+  Work work;
+  work.op = op;
+  work.inputs = std::move(inputs);
+  work.futures = std::move(futures);
+  work.where = where;
+  return work;
+}
+
 at::Tensor Submit(Executor& ex, const char* name, const char* overload, torch::jit::Stack inputs,
                   const graph::TensorMeta& meta) {
   FutureOutput out;
   at::Tensor future = ex.NewFuture(meta, &out);
-  ex.Submit(Work{Op(name, overload), std::move(inputs), {out}, "test.py:1", nullptr, {}});
+  ex.Submit(MakeWork(Op(name, overload), std::move(inputs), {out}, "test.py:1"));
   return future;
 }
 
@@ -49,7 +59,7 @@ TEST(ExecutorTest, FillsFuturesInProgramOrder) {
   at::Tensor a = at::full({3}, 2.0);
   at::Tensor b = Submit(ex, "aten::mul", "Scalar", {a, c10::Scalar(3.0)}, meta);   // 6
   at::Tensor c = Submit(ex, "aten::add", "Tensor", {b, a, c10::Scalar(1)}, meta);  // 8
-  ex.Submit(Work{Op("aten::mul_", "Scalar"), {c, c10::Scalar(0.5)}, {}, "test.py:3", nullptr, {}});  // in place: 4
+  ex.Submit(MakeWork(Op("aten::mul_", "Scalar"), {c, c10::Scalar(0.5)}, {}, "test.py:3"));  // in place: 4
   ex.Drain();
   EXPECT_TRUE(b.equal(at::full({3}, 6.0)));
   EXPECT_TRUE(c.equal(at::full({3}, 4.0)));
@@ -109,7 +119,7 @@ TEST(ExecutorTest, QueuedWorkHoldsNoReferenceToTheProgramsFutures) {
   at::Tensor a = at::full({3}, 2.0);
   at::Tensor b = Submit(ex, "aten::mul", "Scalar", {a, c10::Scalar(3.0)}, meta);  // 6
   at::Tensor c = Submit(ex, "aten::add", "Tensor", {b, b, c10::Scalar(1)}, meta);  // 12
-  ex.Submit(Work{Op("aten::mul_", "Scalar"), {b, c10::Scalar(0.5)}, {}, "test.py:3", nullptr, {}});  // b: 3
+  ex.Submit(MakeWork(Op("aten::mul_", "Scalar"), {b, c10::Scalar(0.5)}, {}, "test.py:3"));  // b: 3
   EXPECT_EQ(b.use_count(), 1u);
   EXPECT_EQ(b.storage().use_count(), 1u);
   EXPECT_EQ(c.use_count(), 1u);
@@ -163,8 +173,8 @@ TEST(ExecutorTest, AReadWaitsOnlyForTheWorkThatWritesTheValue) {
   EXPECT_FALSE(ex.MayBeQueued(p));
 
   // In-place writes queued behind the gate: a read of b, or of p, waits for them.
-  ex.Submit(Work{Op("aten::mul_", "Scalar"), {b, c10::Scalar(0.5)}, {}, "test.py:4", nullptr, {}});
-  ex.Submit(Work{Op("aten::add_", "Tensor"), {p, a, c10::Scalar(1)}, {}, "test.py:5", nullptr, {}});
+  ex.Submit(MakeWork(Op("aten::mul_", "Scalar"), {b, c10::Scalar(0.5)}, {}, "test.py:4"));
+  ex.Submit(MakeWork(Op("aten::add_", "Tensor"), {p, a, c10::Scalar(1)}, {}, "test.py:5"));
   EXPECT_TRUE(ex.MayBeQueued(p));
   std::thread opener([] {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
