@@ -90,7 +90,7 @@ void EncodeMetasTo(const std::vector<TensorMeta>& metas, Writer& out) {
 
 // Field order is the format: changing it changes every hash (bump the wire
 // version in serialize.cc and the golden hash in node_test.cc). Writer is a
-// ByteWriter (the wire format) or an HashWriter (the structural hash of the
+// ByteWriter (the wire format) or a HashWriter (the structural hash of the
 // same bytes, without materializing them).
 template <typename Writer>
 void EncodeTo(const NodeIdentity& id, Writer& out) {

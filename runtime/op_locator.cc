@@ -4,10 +4,6 @@ namespace terra::runtime {
 namespace {
 
 thread_local std::vector<graph::Frame> tls_frames;
-// Sequence numbers further apart than this restart the window rather than
-// fill the gap (autograd numbers nodes per thread; ops Terra never saw, on
-// this thread or another, leave gaps).
-constexpr uint64_t kMaxSequenceGap = uint64_t{1} << 16;
 
 }  // namespace
 
@@ -29,10 +25,7 @@ void OpLocator::Locate(OpSite& site) {
   if (site.backward.active) {
     uint64_t of = 0;
     if (site.backward.has_forward) {
-      const uint64_t seq = site.backward.sequence_nr;
-      if (seq >= forward_base_ && seq - forward_base_ < forward_of_seq_.size()) {
-        of = forward_of_seq_[seq - forward_base_];
-      }
+      of = forward_of_seq_.Get(site.backward.sequence_nr);
     } else if (site.backward.accumulates_into != nullptr) {
       // Not by the op before it: whether that was a steal or a clone in the
       // previous AccumulateGrad must not change this one's identity.
@@ -62,15 +55,7 @@ void OpLocator::Locate(OpSite& site) {
 void OpLocator::Commit(const OpSite& site, uint64_t hash) {
   ordinals_.Next(*site.frames, site.backward_of);
   if (!site.backward.active) last_sequence_nr_ = site.next_sequence_nr;
-  if (site.maps_sequence) {
-    const uint64_t seq = site.sequence_nr;
-    if (forward_of_seq_.empty() || seq < forward_base_ || seq - forward_base_ > kMaxSequenceGap) {
-      forward_of_seq_.clear();  // a new thread's numbers, or a jump: start over here
-      forward_base_ = seq;
-    }
-    if (seq - forward_base_ >= forward_of_seq_.size()) forward_of_seq_.resize(seq - forward_base_ + 1, 0);
-    forward_of_seq_[seq - forward_base_] = hash;
-  }
+  if (site.maps_sequence) forward_of_seq_.Set(site.sequence_nr, hash);
   last_hash_ = hash;
 }
 
@@ -78,11 +63,8 @@ void OpLocator::StartIteration() {
   ordinals_.Reset();
   last_hash_ = 0;
   // Backward functions created before the previous boundary no longer run
-  // in this program's usual shape; forget them so the map stays small.
-  while (!forward_of_seq_.empty() && forward_base_ < seq_at_previous_start_) {
-    forward_of_seq_.pop_front();
-    ++forward_base_;
-  }
+  // in this program's usual shape; forget them so the window stays small.
+  forward_of_seq_.ForgetBefore(seq_at_previous_start_);
   seq_at_previous_start_ = NextSequenceNr();
 }
 

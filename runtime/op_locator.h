@@ -47,6 +47,43 @@ struct OpSite {
   uint32_t ordinal = 0;
 };
 
+// Values by autograd sequence number (0: none), kept in a window over
+// consecutive numbers instead of a hash map, so that setting one costs no
+// allocation once warm. Numbers further than kMaxGap from the window (another
+// thread's counter, or a stretch of ops Terra never saw) restart it there
+// rather than fill the gap: bounded memory, at the price of forgetting.
+class SequenceWindow {
+ public:
+  static constexpr uint64_t kMaxGap = uint64_t{1} << 16;
+
+  uint64_t Get(uint64_t seq) const {
+    return seq >= base_ && seq - base_ < values_.size() ? values_[seq - base_] : 0;
+  }
+  void Set(uint64_t seq, uint64_t value) {
+    if (values_.empty() || seq + kMaxGap < base_ || seq >= base_ + values_.size() + kMaxGap) {
+      values_.clear();
+      base_ = seq;
+    } else if (seq < base_) {
+      values_.insert(values_.begin(), base_ - seq, 0);
+      base_ = seq;
+    }
+    if (seq - base_ >= values_.size()) values_.resize(seq - base_ + 1, 0);
+    values_[seq - base_] = value;
+  }
+  // Forgets the values of numbers below `seq`.
+  void ForgetBefore(uint64_t seq) {
+    while (!values_.empty() && base_ < seq) {
+      values_.pop_front();
+      ++base_;
+    }
+  }
+  size_t size() const { return values_.size(); }
+
+ private:
+  std::deque<uint64_t> values_;
+  uint64_t base_ = 0;
+};
+
 class OpLocator {
  public:
   explicit OpLocator(LocationSource* source) : source_(source) {}
@@ -64,11 +101,8 @@ class OpLocator {
 
  private:
   LocationSource* source_;
-  // Forward node hashes by autograd sequence number, from forward_base_ on
-  // (0: none): a window over consecutive numbers instead of a hash map, so
-  // a forward op costs no allocation once warm.
-  std::deque<uint64_t> forward_of_seq_;
-  uint64_t forward_base_ = 0;
+  // Forward node hashes by autograd sequence number.
+  SequenceWindow forward_of_seq_;
   // Leaves AccumulateGrad writes, numbered in first-seen order; the weak
   // references keep an address from naming another tensor later.
   struct Leaf {

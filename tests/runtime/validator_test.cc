@@ -90,3 +90,39 @@ TEST(ValidatorTest, AnOpOffThePathDiverges) {
 
 }  // namespace
 }  // namespace terra::runtime
+
+namespace terra::runtime {
+namespace {
+
+TEST(SequenceWindowTest, KeepsValuesByNumberAndForgetsOlderOnes) {
+  SequenceWindow w;
+  EXPECT_EQ(w.Get(5), 0u);
+  w.Set(100, 1);
+  w.Set(103, 4);  // a gap: 101 and 102 have none
+  EXPECT_EQ(w.Get(100), 1u);
+  EXPECT_EQ(w.Get(101), 0u);
+  EXPECT_EQ(w.Get(103), 4u);
+  EXPECT_EQ(w.Get(104), 0u);
+  w.Set(98, 9);  // below the window, near it: the window grows at the front
+  EXPECT_EQ(w.Get(98), 9u);
+  EXPECT_EQ(w.Get(100), 1u);
+  w.ForgetBefore(101);
+  EXPECT_EQ(w.Get(98), 0u);
+  EXPECT_EQ(w.Get(100), 0u);
+  EXPECT_EQ(w.Get(103), 4u);
+  EXPECT_EQ(w.size(), 3u);  // 101..103
+}
+
+TEST(SequenceWindowTest, AFarNumberRestartsTheWindowInsteadOfFillingTheGap) {
+  SequenceWindow w;
+  w.Set(10, 1);
+  // Far past the window's end, not merely past its start: a long window stays.
+  for (uint64_t s = 11; s < 10 + 2 * SequenceWindow::kMaxGap; ++s) w.Set(s, s);
+  EXPECT_EQ(w.Get(10), 1u);
+  w.Set(w.size() + 10 + SequenceWindow::kMaxGap, 7);
+  EXPECT_EQ(w.size(), 1u);
+  EXPECT_EQ(w.Get(10), 0u);
+}
+
+}  // namespace
+}  // namespace terra::runtime
