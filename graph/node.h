@@ -85,13 +85,26 @@ class ArgsEncoder {
   // An argument whose value is fed at run time, not part of the identity:
   // only its kind (kInt, kDouble, ...) is encoded.
   ArgsEncoder& Fed(Tag kind);
+  // The same, also mixing the fed value's bits into fed_hash() (which is not
+  // part of the encoding): co-execution replays a backward segment only
+  // while the forward ops' fed values are those it was learned with.
+  ArgsEncoder& Fed(Tag kind, uint64_t value_bits) {
+    fed_hash_ = ((fed_hash_ ^ value_bits) + 1) * 0x9e3779b97f4a7c15ull;
+    return Fed(kind);
+  }
+  // 0: no fed value since Clear.
+  uint64_t fed_hash() const { return fed_hash_; }
   std::string Take() { return out_.Take(); }
   // For reuse without allocating: the bytes so far, and a reset.
   std::string_view bytes() const { return out_.data(); }
-  void Clear() { out_.Clear(); }
+  void Clear() {
+    out_.Clear();
+    fed_hash_ = 0;
+  }
 
  private:
   ByteWriter out_;
+  uint64_t fed_hash_ = 0;
 };
 
 // Limits the decoder enforces on untrusted bytes; the encoder checks them too.

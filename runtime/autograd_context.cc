@@ -4,8 +4,14 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/accumulate_grad.h>
 
+#include <torch/csrc/autograd/anomaly_mode.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <cstring>
 #include <limits>
 #include <typeinfo>
+#include <unordered_map>
+#include <utility>
 
 #include "graph/node.h"
 
@@ -34,5 +40,106 @@ BackwardContext CurrentBackward() {
 }
 
 uint64_t NextSequenceNr() { return at::sequence_number::peek(); }
+
+namespace {
+
+struct TypeVerdict {
+  bool allowed = false;
+  uint64_t hash = 0;
+};
+
+// Whether replaying a function of this type without running it is safe: the
+// functions PyTorch generates from derivatives.yaml, AccumulateGrad and the
+// in-place-on-view wrappers compute with ops only; anything else (a custom
+// Function's PyNode or CppNode) may run code with effects of its own.
+const TypeVerdict& VerdictOf(const torch::autograd::Node& node) {
+  thread_local std::unordered_map<const std::type_info*, TypeVerdict> verdicts;
+  const std::type_info* type = &typeid(node);
+  auto it = verdicts.find(type);
+  if (it != verdicts.end()) return it->second;
+  const char* name = type->name();
+  TypeVerdict v;
+  v.hash = graph::Hash64(name);
+  v.allowed = std::strncmp(name, "N5torch8autograd9generated", 26) == 0 ||
+              dynamic_cast<const torch::autograd::AccumulateGrad*>(&node) != nullptr ||
+              std::strstr(name, "CopySlices") != nullptr || std::strstr(name, "CopyBackwards") != nullptr;
+  return verdicts.emplace(type, v).first->second;
+}
+
+}  // namespace
+
+AutogradGraphWalk WalkAutogradGraph(const at::Tensor& root) {
+  AutogradGraphWalk walk;
+  if (!root.defined() || !root.requires_grad()) {
+    walk.why = "the root does not require grad";
+    return walk;
+  }
+  torch::autograd::Node* first = root.grad_fn().get();
+  if (first == nullptr) {
+    walk.why = "the root is a leaf";
+    return walk;
+  }
+  if (torch::autograd::AnomalyMode::is_enabled()) {
+    walk.why = "anomaly mode";
+    return walk;
+  }
+  std::unordered_map<const torch::autograd::Node*, uint32_t> seen;
+  std::vector<torch::autograd::Node*> stack{first};
+  seen.emplace(first, 0);
+  graph::HashWriter h;
+  while (!stack.empty()) {
+    torch::autograd::Node* node = stack.back();
+    stack.pop_back();
+    walk.nodes.push_back(node);
+    const TypeVerdict& verdict = VerdictOf(*node);
+    if (!verdict.allowed) {
+      walk.why = "a custom autograd function";
+      return walk;
+    }
+    if (!node->pre_hooks().empty() || !node->post_hooks().empty() || !node->tensor_pre_hooks().empty() ||
+        !node->retains_grad_hooks().empty()) {
+      walk.why = "a hook";
+      return walk;
+    }
+    h.U64(verdict.hash);
+    h.U32(node->num_inputs());
+    if (auto* acc = dynamic_cast<torch::autograd::AccumulateGrad*>(node)) {
+      const at::Tensor& leaf = acc->variable;
+      if (torch::autograd::impl::post_acc_grad_hooks(leaf) != nullptr) {
+        walk.why = "a hook";
+        return walk;
+      }
+      const bool had = leaf.grad().defined();
+      h.U8(had ? 1 : 0);
+      walk.leaves.push_back(leaf);
+      walk.leaf_had_grad.push_back(had ? 1 : 0);
+    }
+    const auto& edges = node->next_edges();
+    h.U32(static_cast<uint32_t>(edges.size()));
+    // Pushed in reverse, so the walk visits edges in order.
+    for (auto e = edges.rbegin(); e != edges.rend(); ++e) {
+      torch::autograd::Node* next = e->function.get();
+      if (next == nullptr) {
+        h.U32(0);
+        continue;
+      }
+      auto [it, added] = seen.try_emplace(next, static_cast<uint32_t>(seen.size()));
+      h.U32(it->second + 1);
+      h.U32(e->input_nr);
+      if (added) stack.push_back(next);
+    }
+  }
+  walk.eligible = true;
+  walk.signature = h.state();
+  return walk;
+}
+
+void ReleaseSavedVariables(const AutogradGraphWalk& walk) {
+  for (void* node : walk.nodes) {
+    auto* n = static_cast<torch::autograd::Node*>(node);
+    n->will_release_variables();
+    n->release_variables();
+  }
+}
 
 }  // namespace terra::runtime

@@ -8,7 +8,10 @@
 // op's own thread, from any thread.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
+#include <vector>
 
 namespace terra::runtime {
 
@@ -29,5 +32,28 @@ BackwardContext CurrentBackward();
 // get. Autograd creates an op's backward function just before the op's kernel
 // runs, so a change seen at an op means "this op's backward function".
 uint64_t NextSequenceNr();
+
+// The autograd graph `root.backward()` would run, walked from root's
+// backward function (co-execution replays a learned backward segment instead
+// of running the engine: docs/coexecution.md, "The backward as one unit").
+// The signature covers what decides the ops the engine issues and what it
+// writes: each function's type and edges, and whether each leaf has a
+// gradient already. Not eligible: a graph with hooks (Python or C++, on
+// functions or tensors, retain_grad, post-accumulate hooks), a custom
+// function (Python code runs in its backward) or any function type outside
+// PyTorch's generated set, anomaly mode.
+struct AutogradGraphWalk {
+  bool eligible = false;
+  const char* why = "";  // when not eligible
+  uint64_t signature = 0;
+  std::vector<void*> nodes;           // torch::autograd::Node*, alive while root's graph is
+  std::vector<at::Tensor> leaves;     // AccumulateGrad's variables, in walk order
+  std::vector<uint8_t> leaf_had_grad;
+};
+AutogradGraphWalk WalkAutogradGraph(const at::Tensor& root);
+// What the engine does to each function it ran when the graph is not
+// retained: frees the saved tensors, so that a second backward fails as in
+// eager and the saved futures are not kept alive.
+void ReleaseSavedVariables(const AutogradGraphWalk& walk);
 
 }  // namespace terra::runtime

@@ -1,9 +1,13 @@
 #include "runtime/coexecutor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string_view>
 #include <utility>
 
 #include "graph/wire.h"
@@ -26,6 +30,66 @@ bool MetadataMutating(const std::string& name) {
   return false;
 }
 
+constexpr uint64_t kMix = graph::HashWriter::kMultiplier;
+
+uint64_t Mix(uint64_t h, uint64_t v) { return ((h ^ v) + 1) * kMix; }
+
+bool AnyRequiresGrad(c10::ArrayRef<c10::IValue> inputs) {
+  for (const c10::IValue& v : inputs) {
+    if (v.isTensor()) {
+      if (v.toTensor().defined() && v.toTensor().requires_grad()) return true;
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorList()) {
+        if (t.defined() && t.requires_grad()) return true;
+      }
+    } else if (v.isList()) {
+      for (const c10::IValue& e : v.toList()) {
+        if (e.isTensor() && e.toTensor().defined() && e.toTensor().requires_grad()) return true;
+      }
+    }
+  }
+  return false;
+}
+
+// A recorded non-tensor argument into a segment's content hash (tensors, and
+// their placeholders, are hashed by the caller).
+void HashValue(const c10::IValue& v, graph::HashWriter& h) {
+  h.Bytes(v.tagKind());
+  if (v.isBool()) {
+    h.U8(v.toBool() ? 1 : 0);
+  } else if (v.isInt()) {
+    h.I64(v.toInt());
+  } else if (v.isDouble()) {
+    const double d = v.toDouble();
+    uint64_t bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    h.U64(bits);
+  } else if (v.isString()) {
+    h.Bytes(v.toStringRef());
+  } else if (v.isDevice()) {
+    h.I64(static_cast<int64_t>(v.toDevice().type()) << 16 | static_cast<uint16_t>(v.toDevice().index()));
+  } else if (v.isTensorList()) {
+    h.U64(v.toTensorList().size());
+  } else if (v.isList()) {
+    const c10::List<c10::IValue> list = v.toList();
+    h.U64(list.size());
+    for (const c10::IValue& e : list) HashValue(e, h);
+  } else if (v.isComplexDouble()) {
+    const c10::complex<double> c = v.toComplexDouble();
+    uint64_t bits[2];
+    std::memcpy(bits, &c, sizeof bits);
+    h.U64(bits[0]);
+    h.U64(bits[1]);
+  }
+}
+
+void HashLayout(c10::IntArrayRef sizes, c10::IntArrayRef strides, int64_t offset, graph::HashWriter& h) {
+  h.U32(static_cast<uint32_t>(sizes.size()));
+  for (int64_t s : sizes) h.I64(s);
+  for (int64_t s : strides) h.I64(s);
+  h.I64(offset);
+}
+
 // Moves the op's arguments off the top of the stack into `to`.
 void MoveArguments(torch::jit::Stack* stack, size_t num_args, torch::jit::Stack* to) {
   const auto first = stack->end() - static_cast<std::ptrdiff_t>(num_args);
@@ -41,7 +105,15 @@ CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recor
       recorder_(recorder),
       validator_(graph, locator),
       executor_(synchronous, std::move(around_wait)),
-      locator_(locator) {}
+      locator_(locator),
+      // Experimental, off by default: a known wrong result with a Python
+      // scalar operand (docs/coexecution.md, "The backward as one unit").
+      segments_enabled_(!synchronous && [] {
+        const char* v = std::getenv("TERRA_BACKWARD_SEGMENTS");
+        return v != nullptr && std::string_view(v) == "1";
+      }()) {
+  if (segments_enabled_) executor_.set_commit_observer([this](const Work& work) { OnCommit(work); });
+}
 
 CoExecutor::~CoExecutor() {
   try {
@@ -133,6 +205,7 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op) {
     if (debug) std::fprintf(stderr, "terra: divergence at %s\n", what.c_str());
   }
   ++stats_.divergences;
+  if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward left the TraceGraph";
   diverged_ = true;
   diverged_after_ = validator_.last_position();
   DrainAt(op.operator_name().name + " (fallback: left the TraceGraph)");
@@ -232,6 +305,19 @@ void CoExecutor::FetchValue(const at::Tensor& t, const char* what) {
 }
 
 CoExecutor::Boundary CoExecutor::EndIteration() {
+  learning_.reset();
+  op_ordinal_ = 0;
+  path_hash_ = 0;
+  fed_hash_ = 0;
+  for (size_t i = 0; i < records_used_; ++i) {
+    records_[i].outputs.clear();
+    records_[i].slot_args.clear();
+    records_[i].held.clear();
+  }
+  records_used_ = 0;
+  std::fill(record_at_.begin(), record_at_.end(), -1);
+  record_all_ = record_next_;
+  record_next_ = false;
   if (!diverged_ && validator_.AtIterationEnd()) {
     validator_.StartIteration();
     return Boundary::kFollowed;
@@ -258,6 +344,14 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
   if (outcome == Validator::Outcome::kDiverged) {
     Diverge(op);
     return false;
+  }
+  ++op_ordinal_;
+  path_hash_ = Mix(path_hash_, static_cast<uint64_t>(validator_.position()) + 1);
+  if (const uint64_t fed = validator_.last_fed_hash();
+      fed != 0 && segments_enabled_ && at::GradMode::is_enabled() && AnyRequiresGrad(inputs)) {
+    // A fed value of an op that recorded an autograd function: its backward
+    // function may have kept it (a scale, a slice's bounds).
+    fed_hash_ = Mix(fed_hash_, fed);
   }
   const graph::GraphNode& node = graph_->node(validator_.position());
   const OpKind& kind = KindOf(op);
@@ -289,6 +383,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     case Kind::kEager:
       // Runs here, on real inputs: everything before it must have run.
       ++stats_.eager;
+      if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward reads a value or runs an op eagerly";
       if (k == Kind::kFetch && !kind.writes) {
         // Reads only: waits for the ops that write its inputs, and the
         // executor goes on with the rest meanwhile.
@@ -306,6 +401,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
       if (kind.out_variant && !OutsQueueable(kind, node, inputs, &grow)) {
         // The out argument is resized: Python must see its new metadata.
         ++stats_.eager;
+        if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward resizes an out= argument";
         DrainAt(op.operator_name().name + " (runs eagerly)");
         return false;
       }
@@ -315,6 +411,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
         // write that memory directly next (torch.tensor stores its data
         // right after the deterministic fill of its fresh allocation).
         ++stats_.eager;
+        if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward writes memory no Work holds";
         return false;
       }
       // Python gets the written arguments back, as eager returns them.
@@ -377,6 +474,405 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     }
   }
   return false;
+}
+
+// ---- Backward segments ---------------------------------------------------
+
+void CoExecutor::NoteNotReplayed(const char* why) {
+  if (stats_.backward_not_replayed.empty()) stats_.backward_not_replayed = why;
+}
+
+void CoExecutor::OnCommit(const Work& work) {
+  if (learning_) {
+    Capture(work);
+    return;
+  }
+  if (work.segment) return;
+  if (record_all_ || (op_ordinal_ < needed_.size() && needed_[op_ordinal_] != 0)) Record(work);
+}
+
+void CoExecutor::Record(const Work& work) {
+  if (record_at_.size() <= op_ordinal_) record_at_.resize(op_ordinal_ + 1, -1);
+  if (records_used_ == records_.size()) records_.emplace_back();
+  record_at_[op_ordinal_] = static_cast<int32_t>(records_used_);
+  ForwardRecord& r = records_[records_used_++];
+  for (const FutureOutput& out : work.futures) r.outputs.push_back(out.slot.lock());
+  for (const SlotArgument& a : work.slot_args) r.slot_args.push_back(a.slot);
+  auto held = [&](const at::Tensor& t, uint32_t arg, int32_t element) {
+    if (t.defined() && t.has_storage()) r.held.push_back({{arg, element}, t.storage()});
+  };
+  for (uint32_t i = 0; i < work.inputs.size(); ++i) {
+    const c10::IValue& v = work.inputs[i];
+    if (v.isTensor()) {
+      held(v.toTensor(), i, -1);
+    } else if (v.isTensorList()) {
+      const c10::List<at::Tensor> list = v.toTensorList();
+      for (size_t j = 0; j < list.size(); ++j) held(list.get(j), i, static_cast<int32_t>(j));
+    } else if (v.isList()) {
+      const c10::List<c10::IValue> list = v.toList();
+      for (size_t j = 0; j < list.size(); ++j) {
+        const c10::IValue e = list.get(j);
+        if (e.isTensor()) held(e.toTensor(), i, static_cast<int32_t>(j));
+      }
+    }
+  }
+}
+
+uint32_t CoExecutor::ExternalIndex(const ExternalSource& source) {
+  std::vector<ExternalSource>& externals = learning_->externals;
+  for (size_t i = 0; i < externals.size(); ++i) {
+    if (externals[i] == source) return static_cast<uint32_t>(i);
+  }
+  externals.push_back(source);
+  return static_cast<uint32_t>(externals.size() - 1);
+}
+
+void CoExecutor::Capture(const Work& work) {
+  Learning& l = *learning_;
+  if (l.failed != nullptr) return;
+  if (!work.op || !work.fresh.empty()) {
+    l.failed = "the backward grows an out= argument";
+    return;
+  }
+  if (NextSequenceNr() != l.sequence_before) {
+    // An op of the backward created an autograd function: a graph of its
+    // own (create_graph), a recomputation (checkpointing).
+    l.failed = "the backward records autograd functions (a graph of its own, a recomputation)";
+    return;
+  }
+  BackwardSegment& segment = *l.learned.segment;
+  const uint32_t index = static_cast<uint32_t>(segment.ops.size());
+  SegmentOp op{*work.op, work.location, {}, {}, {}, {}};
+  auto written = [&](uint32_t i) {
+    return i < 64 ? (work.written_args >> i & 1) != 0 : work.written_args == ~uint64_t{0};
+  };
+  graph::HashWriter& h = l.content;
+  h.U64(reinterpret_cast<uintptr_t>(&work.op->operator_name()));
+  h.U64(reinterpret_cast<uintptr_t>(work.location));
+  auto external = [&](SegmentArgument& a, const ExternalSource& source) {
+    a.external = true;
+    a.value = ExternalIndex(source);
+    if (l.external_written.size() <= a.value) l.external_written.resize(a.value + 1, 0);
+    if (a.written) l.external_written[a.value] = 1;
+  };
+  auto finish = [&](SegmentArgument& a) {
+    h.U32(a.arg);
+    h.U32(static_cast<uint32_t>(a.element));
+    h.U8(a.external ? 1 : 0);
+    h.U32(a.value);
+    h.U8(a.written ? 1 : 0);
+    HashLayout(a.sizes, a.strides, a.offset, h);
+    h.U64(a.keys.raw_repr());
+    h.U16(static_cast<uint16_t>(c10::typeMetaToScalarType(a.dtype)));
+    op.tensors.push_back(std::move(a));
+  };
+  // An ordinary tensor the Work holds: named by its storage.
+  auto held = [&](const at::Tensor& t, uint32_t arg, int32_t element) {
+    auto it = l.source_of_storage.find(t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr);
+    if (it == l.source_of_storage.end()) {
+      l.failed = "the backward reads a tensor the forward's co-executed ops did not";
+      return false;
+    }
+    SegmentArgument a;
+    a.arg = arg;
+    a.element = element;
+    a.written = written(arg);
+    a.sizes.assign(t.sizes().begin(), t.sizes().end());
+    a.strides.assign(t.strides().begin(), t.strides().end());
+    a.offset = t.storage_offset();
+    a.keys = t.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
+    a.dtype = t.dtype();
+    external(a, it->second);
+    finish(a);
+    return true;
+  };
+  for (uint32_t i = 0; i < work.inputs.size(); ++i) {
+    const c10::IValue& v = work.inputs[i];
+    if (v.isTensor()) {
+      if (v.toTensor().defined() && !held(v.toTensor(), i, -1)) return;
+      op.inputs.emplace_back(at::Tensor());
+      h.U8(1);
+    } else if (v.isTensorList()) {
+      const c10::List<at::Tensor> list = v.toTensorList();
+      c10::List<at::Tensor> copy;
+      copy.reserve(list.size());
+      for (size_t j = 0; j < list.size(); ++j) {
+        const at::Tensor t = list.get(j);
+        if (t.defined() && !held(t, i, static_cast<int32_t>(j))) return;
+        copy.push_back(at::Tensor());
+      }
+      h.U8(2);
+      h.U64(list.size());
+      op.inputs.emplace_back(std::move(copy));
+    } else if (v.isList()) {
+      const c10::List<c10::IValue> list = v.toList();
+      c10::impl::GenericList copy(list.elementType());
+      copy.reserve(list.size());
+      for (size_t j = 0; j < list.size(); ++j) {
+        const c10::IValue e = list.get(j);
+        if (e.isTensor() && e.toTensor().defined()) {
+          if (!held(e.toTensor(), i, static_cast<int32_t>(j))) return;
+          copy.push_back(c10::IValue());
+        } else {
+          copy.push_back(e);
+        }
+      }
+      HashValue(c10::IValue(copy), h);
+      op.inputs.emplace_back(std::move(copy));
+    } else {
+      HashValue(v, h);
+      op.inputs.push_back(v);
+    }
+  }
+  for (const SlotArgument& sa : work.slot_args) {
+    SegmentArgument a;
+    a.arg = sa.arg;
+    a.element = sa.element;
+    a.written = written(sa.arg);
+    a.sizes = sa.sizes;
+    a.strides = sa.strides;
+    a.offset = sa.offset;
+    a.keys = sa.keys;
+    a.dtype = sa.dtype;
+    if (auto it = l.value_of_slot.find(sa.slot.get()); it != l.value_of_slot.end()) {
+      a.value = it->second;
+      segment.values[it->second].last_use = index;
+    } else if (auto src = l.source_of_slot.find(sa.slot.get()); src != l.source_of_slot.end()) {
+      external(a, src->second);
+    } else {
+      l.failed = "the backward reads a value the forward's co-executed ops did not";
+      return;
+    }
+    finish(a);
+  }
+  for (const FutureOutput& out : work.futures) {
+    c10::intrusive_ptr<Slot> slot = out.slot.lock();
+    if (!slot) {
+      l.failed = "an output was dropped before it was recorded";
+      return;
+    }
+    const auto id = static_cast<uint32_t>(segment.values.size());
+    segment.values.push_back(SegmentValue{*out.meta, out.nbytes, index, false});
+    l.value_of_slot[slot.get()] = id;
+    l.slots.push_back(std::move(slot));
+    op.outputs.push_back(id);
+    h.U32(id);
+    h.U64(graph::MetasHash({*out.meta}));
+  }
+  segment.ops.push_back(std::move(op));
+}
+
+CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
+  if (!segments_enabled_ || diverged_ || learning_) return BackwardStart::kNotTaken;
+  AutogradGraphWalk walk = WalkAutogradGraph(root);
+  if (!walk.eligible) {
+    NoteNotReplayed(walk.why);
+    return BackwardStart::kNotTaken;
+  }
+  const uint64_t key = Mix(Mix(Mix(path_hash_, walk.signature), fed_hash_),
+                           static_cast<uint64_t>(validator_.position()) + 1);
+  if (std::getenv("TERRA_DEBUG_SEGMENTS") != nullptr) {
+    std::fprintf(stderr, "terra: backward path %llx graph %llx fed %llx at %u record_all %d\n",
+                 (unsigned long long)path_hash_, (unsigned long long)walk.signature,
+                 (unsigned long long)fed_hash_, validator_.position(), (int)record_all_);
+  }
+  auto it = backwards_.find(key);
+  if (it != backwards_.end() && it->second.ready) {
+    if (Replay(it->second, walk)) return BackwardStart::kReplayed;
+    record_next_ = true;
+    NoteNotReplayed("a value the segment reads was not computed by a co-executed op this time");
+    return BackwardStart::kNotTaken;
+  }
+  if (it != backwards_.end() && it->second.disagreements > 2) return BackwardStart::kNotTaken;
+  if (!record_all_) {
+    record_next_ = true;  // learn it next time
+    return BackwardStart::kNotTaken;
+  }
+  learning_ = std::make_unique<Learning>();
+  Learning& l = *learning_;
+  l.key = key;
+  l.sequence_before = NextSequenceNr();
+  l.learned.segment = std::make_shared<BackwardSegment>();
+  l.walk = std::move(walk);
+  for (size_t i = 0; i < l.walk.leaves.size(); ++i) {
+    const at::Tensor& grad = l.walk.leaves[i].grad();
+    l.grads_before.push_back(grad.defined() ? grad.unsafeGetTensorImpl() : nullptr);
+    if (!grad.defined()) continue;
+    const ExternalSource source{ExternalSource::kLeafGrad, 0, static_cast<uint32_t>(i), -1};
+    if (Slot* slot = SlotOf(grad)) {
+      l.source_of_slot.try_emplace(slot, source);
+    } else if (grad.has_storage()) {
+      l.source_of_storage.try_emplace(grad.storage().unsafeGetStorageImpl(), source);
+    }
+  }
+  for (uint32_t o = 0; o < record_at_.size(); ++o) {
+    if (record_at_[o] < 0) continue;
+    const ForwardRecord& r = records_[static_cast<size_t>(record_at_[o])];
+    for (uint32_t k = 0; k < r.outputs.size(); ++k) {
+      if (r.outputs[k]) l.source_of_slot.try_emplace(r.outputs[k].get(), ExternalSource{ExternalSource::kOutput, o, k, -1});
+    }
+    for (uint32_t k = 0; k < r.slot_args.size(); ++k) {
+      l.source_of_slot.try_emplace(r.slot_args[k].get(), ExternalSource{ExternalSource::kSlotArg, o, k, -1});
+    }
+    for (const auto& [where, storage] : r.held) {
+      l.source_of_storage.try_emplace(storage.unsafeGetStorageImpl(),
+                                      ExternalSource{ExternalSource::kHeld, o, where.first, where.second});
+    }
+  }
+  return BackwardStart::kLearning;
+}
+
+void CoExecutor::BackwardEnd(bool completed) {
+  if (!learning_) return;
+  std::unique_ptr<Learning> owned = std::move(learning_);
+  Learning& l = *owned;
+  if (!completed || diverged_) return;
+  LearnedBackward& entry = backwards_[l.key];
+  auto fail = [&](const char* why) {
+    entry.disagreements = 3;  // not learnable: keep validating op by op
+    entry.segment.reset();
+    NoteNotReplayed(why);
+  };
+  if (std::getenv("TERRA_DEBUG_SEGMENTS") != nullptr) {
+    std::fprintf(stderr, "terra: learned %zu ops, %zu externals, failed: %s\n", l.learned.segment->ops.size(),
+                 l.externals.size(), l.failed != nullptr ? l.failed : "no");
+  }
+  if (l.failed != nullptr) return fail(l.failed);
+  LearnedBackward& learned = l.learned;
+  BackwardSegment& segment = *learned.segment;
+  graph::HashWriter& h = l.content;
+  for (uint32_t i = 0; i < l.walk.leaves.size(); ++i) {
+    const at::Tensor& grad = l.walk.leaves[i].grad();
+    if (l.grads_before[i] != nullptr) {
+      if (!grad.defined() || grad.unsafeGetTensorImpl() != l.grads_before[i]) {
+        return fail("a leaf's gradient was replaced, not accumulated in place");
+      }
+      continue;
+    }
+    if (!grad.defined()) continue;
+    Slot* slot = SlotOf(grad);
+    auto it = slot != nullptr ? l.value_of_slot.find(slot) : l.value_of_slot.end();
+    if (it == l.value_of_slot.end()) return fail("a leaf's new gradient is not a value of the backward's ops");
+    LearnedBackward::NewGrad g;
+    g.leaf = i;
+    g.value = it->second;
+    g.sizes.assign(grad.sizes().begin(), grad.sizes().end());
+    g.strides.assign(grad.strides().begin(), grad.strides().end());
+    g.offset = grad.storage_offset();
+    g.keys = grad.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
+    g.dtype = grad.dtype();
+    segment.values[g.value].to_program = true;
+    h.U32(g.leaf);
+    h.U32(g.value);
+    HashLayout(g.sizes, g.strides, g.offset, h);
+    learned.new_grads.push_back(std::move(g));
+  }
+  for (uint32_t id = 0; id < segment.values.size(); ++id) {
+    if (!segment.values[id].to_program) segment.ops[segment.values[id].last_use].frees.push_back(id);
+  }
+  segment.num_externals = static_cast<uint32_t>(l.externals.size());
+  segment.external_written = l.external_written;
+  segment.external_written.resize(l.externals.size(), 0);
+  for (const ExternalSource& e : l.externals) {
+    h.U8(e.kind);
+    h.U32(e.ordinal);
+    h.U32(e.index);
+    h.U32(static_cast<uint32_t>(e.element));
+  }
+  learned.externals = l.externals;
+  learned.end_position = validator_.position();
+  learned.locator_end = locator_->SaveBackwardEnd();
+  learned.path_after = path_hash_;
+  learned.ordinal_after = op_ordinal_;
+  h.U32(learned.end_position);
+  h.U32(learned.ordinal_after);
+  learned.content = h.state();
+
+  if (entry.segment && !entry.ready && entry.content == learned.content) {
+    // Learned the same twice: replay it from now on.
+    entry.ready = true;
+    ++stats_.backward_learned;
+    for (const ExternalSource& e : entry.externals) {
+      if (e.kind == ExternalSource::kLeafGrad) continue;
+      if (needed_.size() <= e.ordinal) needed_.resize(e.ordinal + 1, 0);
+      needed_[e.ordinal] = 1;
+    }
+    return;
+  }
+  if (entry.segment) ++entry.disagreements;
+  const int disagreements = entry.disagreements;
+  entry = std::move(learned);
+  entry.disagreements = disagreements;
+  record_next_ = true;  // confirm it next time
+}
+
+bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk) {
+  std::vector<SegmentExternal> externals(learned.externals.size());
+  for (size_t i = 0; i < learned.externals.size(); ++i) {
+    const ExternalSource& src = learned.externals[i];
+    SegmentExternal& e = externals[i];
+    if (src.kind == ExternalSource::kLeafGrad) {
+      const at::Tensor& grad = walk.leaves[src.index].grad();
+      if (!grad.defined() || !grad.has_storage()) return false;
+      if (Slot* slot = SlotOf(grad)) {
+        e.slot = c10::intrusive_ptr<Slot>::reclaim_copy(slot);
+      } else {
+        e.storage = grad.storage();
+      }
+      continue;
+    }
+    if (src.ordinal >= record_at_.size() || record_at_[src.ordinal] < 0) return false;
+    const ForwardRecord& r = records_[static_cast<size_t>(record_at_[src.ordinal])];
+    if (src.kind == ExternalSource::kOutput) {
+      if (src.index >= r.outputs.size() || !r.outputs[src.index]) return false;
+      e.slot = r.outputs[src.index];
+    } else if (src.kind == ExternalSource::kSlotArg) {
+      if (src.index >= r.slot_args.size()) return false;
+      e.slot = r.slot_args[src.index];
+    } else {
+      for (const auto& [where, storage] : r.held) {
+        if (where.first == src.index && where.second == src.element) e.storage = storage;
+      }
+      if (!e.storage) return false;
+    }
+  }
+  const BackwardSegment& segment = *learned.segment;
+  Work& work = executor_.Next();
+  work.segment = learned.segment;
+  work.externals = std::move(externals);
+  work.where = "loss.backward()";
+  std::vector<std::pair<uint32_t, at::Tensor>> grads;
+  std::vector<std::pair<uint32_t, at::Tensor>> futures;  // by value
+  for (const LearnedBackward::NewGrad& g : learned.new_grads) {
+    at::Tensor future;
+    for (const auto& [value, f] : futures) {
+      if (value == g.value) future = f;
+    }
+    if (!future.defined()) {
+      work.futures.emplace_back();
+      future = executor_.NewFuture(segment.values[g.value].meta, &work.futures.back());
+      work.segment_futures.emplace_back(g.value, static_cast<uint32_t>(work.futures.size() - 1));
+      futures.emplace_back(g.value, future);
+    }
+    if (future.sizes().equals(g.sizes) && future.strides().equals(g.strides) && g.offset == 0) {
+      grads.emplace_back(g.leaf, future);
+      continue;
+    }
+    at::Tensor view = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(future.storage()), g.keys, g.dtype);
+    view.unsafeGetTensorImpl()->set_sizes_and_strides(g.sizes, g.strides, g.offset);
+    grads.emplace_back(g.leaf, std::move(view));
+  }
+  executor_.Commit();
+  for (auto& [leaf, grad] : grads) walk.leaves[leaf].mutable_grad() = std::move(grad);
+  ReleaseSavedVariables(walk);
+  validator_.JumpTo(learned.end_position);
+  locator_->RestoreBackwardEnd(learned.locator_end);
+  path_hash_ = learned.path_after;
+  op_ordinal_ = learned.ordinal_after;
+  ++stats_.submitted;
+  ++stats_.backward_replayed;
+  stats_.backward_ops_replayed += segment.ops.size();
+  return true;
 }
 
 }  // namespace terra::runtime

@@ -27,6 +27,8 @@
 #include <unordered_map>
 
 #include "graph/trace_graph.h"
+#include "runtime/autograd_context.h"
+#include "runtime/backward_segment.h"
 #include "runtime/executor.h"
 #include "runtime/interception.h"
 #include "runtime/recorder.h"
@@ -53,6 +55,12 @@ struct CoExecutionStats {
   double executor_busy_s = 0;
   double fetch_wait_s = 0;
   uint64_t fed_by_value = 0;
+  // Backward calls replayed as one segment, the ops they stood for, and
+  // segments learned (confirmed by a second identical learning).
+  uint64_t backward_replayed = 0;
+  uint64_t backward_ops_replayed = 0;
+  uint64_t backward_learned = 0;
+  std::string backward_not_replayed;  // why the first backward not replayed was not
 
   // Adds another run's counts (first_divergence: the earlier one stays).
   CoExecutionStats& operator+=(const CoExecutionStats& other) {
@@ -63,7 +71,11 @@ struct CoExecutionStats {
     executor_busy_s += other.executor_busy_s;
     fetch_wait_s += other.fetch_wait_s;
     fed_by_value += other.fed_by_value;
+    backward_replayed += other.backward_replayed;
+    backward_ops_replayed += other.backward_ops_replayed;
+    backward_learned += other.backward_learned;
     if (first_divergence.empty()) first_divergence = other.first_divergence;
+    if (backward_not_replayed.empty()) backward_not_replayed = other.backward_not_replayed;
     return *this;
   }
 };
@@ -96,6 +108,15 @@ class CoExecutor final : public OpObserver {
   // and the caller restarts co-execution on the grown graph.
   enum class Boundary { kFollowed, kLearned };
   Boundary EndIteration();
+
+  // `root.backward()` (no gradient, no retained or created graph, no
+  // inputs=): kReplayed when a learned segment ran in its place (the leaves'
+  // .grad are set, the graph's saved tensors released); kLearning when the
+  // caller must run it (the engine, op by op) and then call BackwardEnd;
+  // kNotTaken when the caller runs it as usual.
+  enum class BackwardStart { kNotTaken, kReplayed, kLearning };
+  BackwardStart BackwardBegin(const at::Tensor& root);
+  void BackwardEnd(bool completed);
   bool diverged() const { return diverged_; }
   // This co-executor's counts, its executor's included.
   CoExecutionStats stats() const {
@@ -142,6 +163,65 @@ class CoExecutor final : public OpObserver {
   void AwaitAt(c10::ArrayRef<c10::IValue> values, const std::string& what);
   void ChargeWait(double waited, const std::string& what);
 
+  // Backward segments (docs/coexecution.md, "The backward as one unit").
+  // Where a segment's external value comes from: a Work of this iteration's
+  // forward (by the ordinal of its op among the iteration's validated ops),
+  // or a leaf's existing gradient.
+  struct ExternalSource {
+    enum Kind : uint8_t { kOutput, kSlotArg, kHeld, kLeafGrad } kind = kOutput;
+    uint32_t ordinal = 0;
+    uint32_t index = 0;    // future, slot argument, argument, or leaf index
+    int32_t element = -1;  // kHeld: the list element
+    bool operator==(const ExternalSource&) const = default;
+  };
+  // The references a forward Work held, kept until the iteration's backward.
+  struct ForwardRecord {
+    std::vector<c10::intrusive_ptr<Slot>> outputs;
+    std::vector<c10::intrusive_ptr<Slot>> slot_args;
+    std::vector<std::pair<std::pair<uint32_t, int32_t>, c10::Storage>> held;
+  };
+  struct LearnedBackward {
+    std::shared_ptr<BackwardSegment> segment;
+    std::vector<ExternalSource> externals;
+    struct NewGrad {
+      uint32_t leaf = 0;
+      uint32_t value = 0;
+      std::vector<int64_t> sizes, strides;
+      int64_t offset = 0;
+      c10::DispatchKeySet keys;
+      caffe2::TypeMeta dtype;
+    };
+    std::vector<NewGrad> new_grads;
+    graph::NodeIndex end_position = graph::kEntry;
+    OpLocator::BackwardEnd locator_end;
+    uint64_t path_after = 0;
+    uint32_t ordinal_after = 0;
+    uint64_t content = 0;
+    bool ready = false;
+    int disagreements = 0;
+  };
+  struct Learning {
+    uint64_t key = 0;
+    AutogradGraphWalk walk;
+    std::vector<const c10::TensorImpl*> grads_before;
+    uint64_t sequence_before = 0;  // autograd's next sequence number when it started
+    const char* failed = nullptr;
+    LearnedBackward learned;
+    std::unordered_map<const Slot*, uint32_t> value_of_slot;  // internal values
+    std::vector<c10::intrusive_ptr<Slot>> slots;  // keeps value_of_slot's keys from being reused
+    std::unordered_map<const Slot*, ExternalSource> source_of_slot;
+    std::unordered_map<const c10::StorageImpl*, ExternalSource> source_of_storage;
+    std::vector<ExternalSource> externals;  // by external index
+    std::vector<uint8_t> external_written;
+    graph::HashWriter content;
+  };
+  void OnCommit(const Work& work);
+  void Record(const Work& work);
+  void Capture(const Work& work);
+  uint32_t ExternalIndex(const ExternalSource& source);
+  bool Replay(LearnedBackward& learned, const AutogradGraphWalk& walk);
+  void NoteNotReplayed(const char* why);
+
   const graph::TraceGraph* graph_;
   Recorder* recorder_;
   Validator validator_;
@@ -153,6 +233,21 @@ class CoExecutor final : public OpObserver {
   OpLocator* locator_;
   std::vector<graph::Frame> frames_;  // scratch
   std::vector<WaitPoint> wait_points_;
+  // Backward segments: the validated ops of this iteration so far (count,
+  // path, fed values of ops that recorded autograd functions), the forward
+  // Works' records, the learned segments by key.
+  const bool segments_enabled_;
+  uint32_t op_ordinal_ = 0;
+  uint64_t path_hash_ = 0;
+  uint64_t fed_hash_ = 0;
+  bool record_all_ = true;   // this iteration records every forward Work
+  bool record_next_ = false;  // and the next one
+  std::vector<uint8_t> needed_;  // by ordinal: a learned segment reads this Work's values
+  std::vector<ForwardRecord> records_;
+  size_t records_used_ = 0;
+  std::vector<int32_t> record_at_;  // by ordinal: index in records_, or -1
+  std::unordered_map<uint64_t, LearnedBackward> backwards_;
+  std::unique_ptr<Learning> learning_;
   std::unordered_map<uint64_t, size_t> wait_index_;  // hash of (frames, what) -> wait_points_
 };
 

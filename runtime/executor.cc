@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <stdexcept>
 #include <utility>
 
 #include "runtime/base/check.h"
@@ -144,6 +145,7 @@ double Now() {
 std::string Where(const Work& work) {
   std::string where = work.where;
   if (where.empty() && work.location != nullptr) where = graph::ShortLocation(*work.location);
+  if (!work.op) return "backward (replayed as one segment) issued at " + where;
   return work.op->operator_name().name + " issued at " + where;
 }
 
@@ -248,7 +250,7 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
   // memory (its SlotArgument), a copy for memory fed by value.
   auto adopt = [&](const at::Tensor& t, uint32_t i, int32_t element) -> std::optional<at::Tensor> {
     if (Slot* slot = SlotOf(t)) {
-      if (written(i)) slot->written = seq + 1;
+      if (written(i)) slot->SetWriter(id_, seq);
       work.slot_args.push_back(SlotArgumentOf(t, slot, i, element));
       return at::Tensor();
     }
@@ -332,7 +334,13 @@ at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::Sca
 }
 
 Executor::Executor(bool synchronous, WaitWrapper around_wait)
-    : synchronous_(synchronous), around_wait_(std::move(around_wait)), ring_(synchronous ? 1 : kRing) {
+    : synchronous_(synchronous),
+      around_wait_(std::move(around_wait)),
+      id_([] {
+        static std::atomic<uint64_t> next{1};
+        return next.fetch_add(1);
+      }()),
+      ring_(synchronous ? 1 : kRing) {
   if (!synchronous_) {
     program_pool_.Release();
     TuneMallocOnce();
@@ -389,7 +397,7 @@ at::Tensor Executor::NewFuture(const graph::TensorMeta& meta, FutureOutput* outp
                             output);
   output->meta = &meta;
   const uint64_t seq = head_.load(std::memory_order_relaxed);  // the Work being filled
-  SlotOf(t)->written = seq + 1;
+  SlotOf(t)->SetWriter(id_, seq);
   unmaterialized_.emplace_back(seq, t.storage().getWeakStorageImpl());
   return t;
 }
@@ -407,7 +415,12 @@ void Executor::Commit() {
   ++submitted_;
   if (synchronous_) {
     Work& work = ring_[0];
-    TakeSlotArguments(work, 0);
+    if (work.segment) {
+      NoteSegmentExternals(work, 0);
+    } else {
+      TakeSlotArguments(work, 0);
+    }
+    if (commit_observer_) commit_observer_(work);
     referenced_.clear();  // it runs now
     if (!error_) {
       const double start = Now();
@@ -425,7 +438,13 @@ void Executor::Commit() {
     return;
   }
   const uint64_t head = head_.load(std::memory_order_relaxed);
-  TakeSlotArguments(ring_[head & (kRing - 1)], head);
+  Work& work = ring_[head & (kRing - 1)];
+  if (work.segment) {
+    NoteSegmentExternals(work, head);
+  } else {
+    TakeSlotArguments(work, head);
+  }
+  if (commit_observer_) commit_observer_(work);
   head_.store(head + 1);  // seq_cst: ordered before the parked check below
   if (executor_parked_.load()) {
     { std::lock_guard<std::mutex> lock(mu_); }  // the executor is waiting or will see head_
@@ -455,7 +474,8 @@ void Executor::Drain() {
 
 uint64_t Executor::WrittenBy(const at::Tensor& t) const {
   if (!t.defined() || !t.has_storage()) return 0;
-  if (const Slot* slot = SlotOf(t)) return slot->written;
+  // A writer of another (earlier, drained) executor has run.
+  if (const Slot* slot = SlotOf(t)) return slot->writer == id_ ? slot->written : 0;
   // Ordinary memory: the last Work that touches it (reads included; cheap to
   // over-wait, and such reads are rare).
   auto it = referenced_.find(t.storage().unsafeGetStorageImpl());
@@ -596,9 +616,100 @@ void Executor::Loop() {
   }
 }
 
+void Executor::NoteSegmentExternals(Work& work, uint64_t seq) {
+  const BackwardSegment& segment = *work.segment;
+  for (size_t i = 0; i < work.externals.size(); ++i) {
+    SegmentExternal& e = work.externals[i];
+    if (e.slot) {
+      if (segment.external_written[i] != 0) e.slot->SetWriter(id_, seq);
+    } else if (e.storage) {
+      referenced_[e.storage.unsafeGetStorageImpl()] = seq + 1;
+    }
+  }
+}
+
+void Executor::RunSegment(Work& work) {
+  const BackwardSegment& segment = *work.segment;
+  std::vector<c10::Storage> values(segment.values.size());
+  c10::SmallVector<uint8_t, 16> lists_copied;
+  for (const SegmentOp& op : segment.ops) {
+    torch::jit::Stack stack = op.inputs;
+    lists_copied.assign(stack.size(), 0);
+    for (const SegmentArgument& a : op.tensors) {
+      c10::Storage storage;
+      if (a.external) {
+        const SegmentExternal& e = work.externals[a.value];
+        storage = e.slot ? e.slot->storage : e.storage;
+      } else {
+        storage = values[a.value];
+      }
+      TERRA_INTERNAL_CHECK(static_cast<bool>(storage), op.op.operator_name().name,
+                           " in a replayed backward read a value never computed");
+      at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), a.keys, a.dtype);
+      t.unsafeGetTensorImpl()->set_sizes_and_strides(a.sizes, a.strides, a.offset);
+      c10::IValue& v = stack[a.arg];
+      if (a.element < 0) {
+        v = c10::IValue(std::move(t));
+        continue;
+      }
+      // The recorded list is shared by every replay: each gets its own copy.
+      if (lists_copied[a.arg] == 0) {
+        lists_copied[a.arg] = 1;
+        v = v.isTensorList() ? c10::IValue(v.toTensorList().copy()) : c10::IValue(v.toList().copy());
+      }
+      if (v.isTensorList()) {
+        v.toTensorList().set(static_cast<size_t>(a.element), std::move(t));
+      } else {
+        v.toList().set(static_cast<size_t>(a.element), c10::IValue(std::move(t)));
+      }
+    }
+    try {
+      op.op.callBoxed(&stack);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(op.op.operator_name().name +
+                               (op.location != nullptr ? " (for " + graph::ShortLocation(*op.location) + ")" : "") +
+                               ": " + e.what());
+    }
+    // The results, as Run puts them into slots: the result's storage when it
+    // has the recorded layout and nobody else sees it, else a copy.
+    size_t k = 0;
+    auto keep = [&](const at::Tensor& result, size_t own_refs) {
+      if (!result.defined() || k >= op.outputs.size()) return;
+      const uint32_t id = op.outputs[k++];
+      const SegmentValue& value = segment.values[id];
+      const bool same_layout = result.sizes().equals(value.meta.sizes) &&
+                               result.strides().equals(value.meta.strides) &&
+                               result.storage_offset() == 0 && result.storage().nbytes() == value.nbytes;
+      if (same_layout && result.storage().use_count() == 1 && result.use_count() <= own_refs) {
+        values[id] = result.storage();
+        return;
+      }
+      at::Tensor target = at::empty_strided(value.meta.sizes, value.meta.strides, result.options());
+      target.copy_(result);
+      values[id] = target.storage();
+    };
+    for (const c10::IValue& v : stack) {
+      if (v.isTensor()) {
+        keep(v.toTensor(), 1);
+      } else if (v.isTensorList()) {
+        for (const at::Tensor& t : v.toTensorList()) keep(t, 2);
+      }
+    }
+    stack.clear();
+    for (uint32_t id : op.frees) values[id] = c10::Storage();
+  }
+  for (const auto& [id, index] : work.segment_futures) {
+    if (c10::intrusive_ptr<Slot> slot = work.futures[index].slot.lock()) slot->storage = values[id];
+  }
+}
+
 void Executor::Run(Work& work) {
   // Autograd ran on the program's thread when the op was issued.
   c10::impl::ExcludeDispatchKeyGuard below_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
+  if (work.segment) {
+    RunSegment(work);
+    return;
+  }
   torch::jit::Stack stack = std::move(work.inputs);
   for (const auto& [slot, meta] : work.fresh) {
     if (slot->storage) continue;

@@ -57,6 +57,7 @@
 #include <vector>
 
 #include "graph/node.h"
+#include "runtime/backward_segment.h"
 
 namespace terra::runtime {
 
@@ -67,9 +68,17 @@ namespace terra::runtime {
 struct Slot : c10::intrusive_ptr_target {
   c10::Storage storage;
   // Program's thread only: 1 + the sequence number of the last Work submitted
-  // that writes this value (its producer, or an in-place op on it); a read of
-  // the value waits for that Work only.
+  // that writes this value (its producer, or an in-place op on it), in the
+  // executor `writer`; a read of the value waits for that Work only. A value
+  // outlives its executor (co-execution restarts on a grown graph with a new
+  // one), and the old executor drained before it went, so a writer of another
+  // executor is no wait at all.
   uint64_t written = 0;
+  uint64_t writer = 0;  // Executor::id()
+  void SetWriter(uint64_t executor, uint64_t seq) {
+    writer = executor;
+    written = seq + 1;
+  }
 };
 
 // Where one output of a Work goes. Weak: when neither the program nor a
@@ -93,8 +102,14 @@ struct SlotArgument {
   caffe2::TypeMeta dtype;
 };
 
+// An external value of a backward segment: a slot, or ordinary memory.
+struct SegmentExternal {
+  c10::intrusive_ptr<Slot> slot;
+  c10::Storage storage;
+};
+
 struct Work {
-  std::optional<c10::OperatorHandle> op;  // empty only in an unused ring entry
+  std::optional<c10::OperatorHandle> op;  // empty in an unused ring entry, and for a segment
   torch::jit::Stack inputs;
   std::vector<FutureOutput> futures;  // one per tensor the op returns, in order
   std::string where;                  // the issuing program location, for errors
@@ -105,7 +120,11 @@ struct Work {
   // thread to the layout the node recorded.
   std::vector<std::pair<c10::intrusive_ptr<Slot>, const graph::TensorMeta*>> fresh;
   uint64_t written_args = 0;  // filled by Commit: bit i, the op writes argument i
-
+  // A replayed backward segment instead of an op: its externals by index,
+  // and which of its values go to which of `futures` (value id, index).
+  std::shared_ptr<const BackwardSegment> segment;
+  std::vector<SegmentExternal> externals;
+  std::vector<std::pair<uint32_t, uint32_t>> segment_futures;
 
   // Empties the entry for reuse, keeping the vectors' capacity.
   void Clear() {
@@ -117,6 +136,9 @@ struct Work {
     slot_args.clear();
     fresh.clear();
     written_args = 0;
+    segment.reset();
+    externals.clear();
+    segment_futures.clear();
   }
 };
 
@@ -189,7 +211,15 @@ class Executor {
   // fallback): its intra-op threads back, until the executor is destroyed.
   void RestoreProgramThreads() { program_pool_.Restore(); }
 
+  // Called on the program's thread for each Work committed, after its
+  // arguments were taken (slot arguments noted), before the executor can
+  // run it: co-execution learns backward segments from these.
+  using CommitObserver = std::function<void(const Work&)>;
+  void set_commit_observer(CommitObserver observer) { commit_observer_ = std::move(observer); }
+
   uint64_t submitted() const { return submitted_; }
+  // Unique in the process (an address could be reused by the next executor).
+  uint64_t id() const { return id_; }
   // Seconds the program's thread spent waiting in Drain.
   double drain_wait_seconds() const { return drain_wait_s_; }
   // Inputs copied at feed time (memory the program can write without ATen).
@@ -205,6 +235,9 @@ class Executor {
   void WaitUntilRun(uint64_t count);
   void Loop();
   void Run(Work& work);  // on the executor thread (or the caller, synchronous)
+  void RunSegment(Work& work);
+  // A segment's externals: the slots it writes, the ordinary storages it touches.
+  void NoteSegmentExternals(Work& work, uint64_t seq);
   // Points the live futures of the Works before `done` (a count of Works
   // that have run) at their slots' memory.
   void Materialize(uint64_t done);
@@ -218,6 +251,7 @@ class Executor {
 
   const bool synchronous_;
   const WaitWrapper around_wait_;
+  const uint64_t id_;
   // The queue: a single-producer single-consumer ring. The program's thread
   // fills ring_[head_] and publishes head_ + 1; the executor runs
   // ring_[tail_], clears it and publishes tail_ + 1.
@@ -250,6 +284,7 @@ class Executor {
   double drain_wait_s_ = 0;
   std::atomic<uint64_t> busy_ns_{0};
   ProgramThreadPool program_pool_;
+  CommitObserver commit_observer_;
   std::thread thread_;
 };
 

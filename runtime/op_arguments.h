@@ -20,6 +20,7 @@
 #include <ATen/core/ivalue.h>
 #include <c10/core/TensorImpl.h>
 
+#include <bit>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -65,14 +66,14 @@ void EncodeArguments(c10::ArrayRef<c10::IValue> inputs, const ArgumentPolicy& po
   using Tag = graph::ArgsEncoder::Tag;
   auto integer = [&](int64_t v) {
     if (policy.feed_ints) {
-      args.Fed(Tag::kInt);
+      args.Fed(Tag::kInt, static_cast<uint64_t>(v));
     } else {
       args.Int(v);
     }
   };
   auto floating = [&](double v) {
     if (policy.feed_doubles) {
-      args.Fed(Tag::kDouble);
+      args.Fed(Tag::kDouble, std::bit_cast<uint64_t>(v));
     } else {
       args.Double(v);
     }

@@ -99,6 +99,20 @@ class OpLocator {
 
   uint64_t last_hash() const { return last_hash_; }
 
+  // What locating the next backward op depends on, besides the sequence
+  // numbers and leaves (which backward ops do not change): saved at the end
+  // of a backward segment co-execution learned, restored when it replays
+  // that segment without locating its ops one by one.
+  struct BackwardEnd {
+    OrdinalTracker ordinals;
+    uint64_t last_hash = 0;
+  };
+  BackwardEnd SaveBackwardEnd() const { return {ordinals_, last_hash_}; }
+  void RestoreBackwardEnd(const BackwardEnd& end) {
+    ordinals_ = end.ordinals;
+    last_hash_ = end.last_hash;
+  }
+
  private:
   LocationSource* source_;
   // Forward node hashes by autograd sequence number.

@@ -1,5 +1,8 @@
 #include "runtime/validator.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 namespace terra::runtime {
 
 Validator::Validator(const graph::TraceGraph* graph, LocationSource* locations)
@@ -58,6 +61,12 @@ Validator::Outcome Validator::Check(const c10::OperatorHandle& op,
     }
   }
   ++stats_.diverged;
+  if (std::getenv("TERRA_DEBUG_DIVERGENCE") != nullptr) {
+    std::fprintf(stderr, "terra: mismatch ordinal %u backward_of %llx frames %zu active %d fed %llx\n", site.ordinal,
+                 (unsigned long long)site.backward_of, site.frames->size(), (int)site.backward.active,
+                 (unsigned long long)args_.fed_hash());
+    for (const auto& f : *site.frames) std::fprintf(stderr, "   frame %llx+%u\n", (unsigned long long)f.code_id, f.offset);
+  }
   if (commit_mismatch) locator_->Commit(site, hash);
   auto it = by_hash_.find(hash);
   position_ = it != by_hash_.end() ? it->second : graph::kEntry;

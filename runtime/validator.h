@@ -67,6 +67,14 @@ class Validator final : public OpObserver {
   bool AtIterationEnd() const;
 
   graph::NodeIndex position() const { return position_; }
+  // The fed argument values of the last op checked, hashed (0: none).
+  uint64_t last_fed_hash() const { return args_.fed_hash(); }
+  // Co-execution replayed a stretch of ops without checking them one by
+  // one (a backward segment): stand where checking them would have left it.
+  void JumpTo(graph::NodeIndex position) {
+    last_position_ = position_;
+    position_ = position;
+  }
   // Where the validator stood before the last op (for messages).
   graph::NodeIndex last_position() const { return last_position_; }
   const ValidatorStats& stats() const { return stats_; }

@@ -197,6 +197,10 @@ class Tracer {
     d["executor_busy_s"] = st.executor_busy_s;
     d["fetch_wait_s"] = st.fetch_wait_s;
     d["fed_by_value"] = st.fed_by_value;
+    d["backward_replayed"] = st.backward_replayed;
+    d["backward_ops_replayed"] = st.backward_ops_replayed;
+    d["backward_learned"] = st.backward_learned;
+    d["backward_not_replayed"] = st.backward_not_replayed;
     // Where Python waited, longest total wait first.
     std::vector<runtime::WaitPoint> points = waits_;
     if (coexec_) points.insert(points.end(), coexec_->wait_points().begin(), coexec_->wait_points().end());
@@ -224,6 +228,21 @@ class Tracer {
   }
 
   bool CoexecActive() const { return coexec_ != nullptr; }
+  std::string CoexecBackwardBegin(const at::Tensor& root) {
+    if (!coexec_) return "not_taken";
+    switch (coexec_->BackwardBegin(root)) {
+      case runtime::CoExecutor::BackwardStart::kReplayed:
+        return "replayed";
+      case runtime::CoExecutor::BackwardStart::kLearning:
+        return "learning";
+      case runtime::CoExecutor::BackwardStart::kNotTaken:
+        break;
+    }
+    return "not_taken";
+  }
+  void CoexecBackwardEnd(bool completed) {
+    if (coexec_) coexec_->BackwardEnd(completed);
+  }
 
   // Whether every value the TraceGraph recorded lives on the CPU (the only
   // device the executor runs today).
@@ -361,6 +380,10 @@ void BindTracing(py::module_& m) {
           },
           "Drain and stop co-executing; returns the co-execution figures.")
       .def("coexec_stats", &Tracer::CoexecStats)
+      .def("coexec_backward_begin", &Tracer::CoexecBackwardBegin, py::arg("root"),
+           "root.backward() under co-execution: 'replayed' (a learned segment ran in its place), "
+           "'learning' (run it, then coexec_backward_end) or 'not_taken' (run it as usual).")
+      .def("coexec_backward_end", &Tracer::CoexecBackwardEnd, py::arg("completed"))
       .def("pause", &Tracer::Pause)
       .def("resume", &Tracer::Resume)
       .def("coexec_active", &Tracer::CoexecActive)

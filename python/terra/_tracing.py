@@ -105,6 +105,52 @@ def _library_prefixes():
     return [torch_dir, terra_dir, stdlib]
 
 
+class _BackwardPatch:
+    """``torch.autograd.backward`` (which ``Tensor.backward`` calls) while a session lives.
+
+    Under co-execution a plain ``loss.backward()`` goes to the co-executor first: where
+    it has learned this backward's ops (from two earlier backwards it validated op by
+    op, on the same forward path and autograd graph), the executor replays them as one
+    segment and the autograd engine does not run on the program's thread at all
+    (docs/coexecution.md, "The backward as one unit"). Anything else runs as usual.
+    """
+
+    def __init__(self, session):
+        self.original = torch.autograd.backward
+        original = self.original
+
+        def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False,
+                     grad_variables=None, inputs=None):
+            start = None
+            if (session.phase == "coexec" and session.active and isinstance(tensors, torch.Tensor)
+                    and grad_tensors is None and grad_variables is None and not retain_graph
+                    and not create_graph and inputs is None
+                    and threading.get_ident() == session.thread):
+                start = session.tracer.coexec_backward_begin(tensors)
+                if start == "replayed":
+                    return None
+            # One call site for every path: the ops the engine issues are
+            # located by the Python frames, this one's included.
+            completed = False
+            try:
+                result = original(tensors, grad_tensors, retain_graph, create_graph,
+                                  grad_variables, inputs=inputs)
+                completed = True
+            finally:
+                if start == "learning":
+                    session.tracer.coexec_backward_end(completed)
+            return result
+
+        backward.__wrapped__ = original
+        backward.__doc__ = original.__doc__
+        self.patched = backward
+        torch.autograd.backward = backward
+
+    def remove(self):
+        if torch.autograd.backward is self.patched:
+            torch.autograd.backward = self.original
+
+
 class _Session:
     """One tracing session of this process (there is at most one)."""
 
@@ -138,6 +184,7 @@ class _Session:
         self._agree_key = f"terra/trace/{next(_session_numbers)}/"
         self._hook = register_optimizer_step_post_hook(self._on_step)
         _sync.install(self._on_read, self._suspend)
+        self._backward_patch = _BackwardPatch(self)
         self._start()
 
     # -- interception on this thread -------------------------------------
@@ -161,6 +208,9 @@ class _Session:
             self._hook.remove()
             self._hook = None
         _sync.uninstall()
+        if self._backward_patch is not None:
+            self._backward_patch.remove()
+            self._backward_patch = None
 
     @contextlib.contextmanager
     def _suspend(self):
