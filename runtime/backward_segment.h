@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "graph/node.h"
+#include "runtime/tensor_layout.h"
 
 namespace terra::runtime {
 
@@ -35,11 +36,7 @@ struct SegmentArgument {
   bool external = false;
   uint32_t value = 0;    // internal value id, or external index
   bool written = false;  // the op writes it (an external: the program must wait for the segment)
-  c10::SmallVector<int64_t, 5> sizes;
-  c10::SmallVector<int64_t, 5> strides;
-  int64_t offset = 0;
-  c10::DispatchKeySet keys;
-  caffe2::TypeMeta dtype;
+  TensorLayout layout;
 };
 
 struct SegmentOp {
@@ -63,7 +60,6 @@ struct SegmentValue {
 struct BackwardSegment {
   std::vector<SegmentOp> ops;
   std::vector<SegmentValue> values;
-  uint32_t num_externals = 0;
   std::vector<uint8_t> external_written;  // by external index
 };
 

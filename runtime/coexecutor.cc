@@ -83,11 +83,13 @@ void HashValue(const c10::IValue& v, graph::HashWriter& h) {
   }
 }
 
-void HashLayout(c10::IntArrayRef sizes, c10::IntArrayRef strides, int64_t offset, graph::HashWriter& h) {
-  h.U32(static_cast<uint32_t>(sizes.size()));
-  for (int64_t s : sizes) h.I64(s);
-  for (int64_t s : strides) h.I64(s);
-  h.I64(offset);
+void HashLayout(const TensorLayout& l, graph::HashWriter& h) {
+  h.U32(static_cast<uint32_t>(l.sizes.size()));
+  for (int64_t s : l.sizes) h.I64(s);
+  for (int64_t s : l.strides) h.I64(s);
+  h.I64(l.offset);
+  h.U64(l.keys.raw_repr());
+  h.U16(static_cast<uint16_t>(c10::typeMetaToScalarType(l.dtype)));
 }
 
 // Moves the op's arguments off the top of the stack into `to`.
@@ -345,13 +347,15 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     Diverge(op);
     return false;
   }
-  ++op_ordinal_;
-  path_hash_ = Mix(path_hash_, static_cast<uint64_t>(validator_.position()) + 1);
-  if (const uint64_t fed = validator_.last_fed_hash();
-      fed != 0 && segments_enabled_ && at::GradMode::is_enabled() && AnyRequiresGrad(inputs)) {
-    // A fed value of an op that recorded an autograd function: its backward
-    // function may have kept it (a scale, a slice's bounds).
-    fed_hash_ = Mix(fed_hash_, fed);
+  if (segments_enabled_) {
+    ++op_ordinal_;
+    path_hash_ = Mix(path_hash_, static_cast<uint64_t>(validator_.position()) + 1);
+    if (const uint64_t fed = validator_.last_fed_hash();
+        fed != 0 && at::GradMode::is_enabled() && AnyRequiresGrad(inputs)) {
+      // A fed value of an op that recorded an autograd function: its
+      // backward function may have kept it (a scale, a slice's bounds).
+      fed_hash_ = Mix(fed_hash_, fed);
+    }
   }
   const graph::GraphNode& node = graph_->node(validator_.position());
   const OpKind& kind = KindOf(op);
@@ -561,9 +565,7 @@ void CoExecutor::Capture(const Work& work) {
     h.U8(a.external ? 1 : 0);
     h.U32(a.value);
     h.U8(a.written ? 1 : 0);
-    HashLayout(a.sizes, a.strides, a.offset, h);
-    h.U64(a.keys.raw_repr());
-    h.U16(static_cast<uint16_t>(c10::typeMetaToScalarType(a.dtype)));
+    HashLayout(a.layout, h);
     op.tensors.push_back(std::move(a));
   };
   // An ordinary tensor the Work holds: named by its storage.
@@ -577,11 +579,7 @@ void CoExecutor::Capture(const Work& work) {
     a.arg = arg;
     a.element = element;
     a.written = written(arg);
-    a.sizes.assign(t.sizes().begin(), t.sizes().end());
-    a.strides.assign(t.strides().begin(), t.strides().end());
-    a.offset = t.storage_offset();
-    a.keys = t.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
-    a.dtype = t.dtype();
+    a.layout = TensorLayout::Of(t);
     external(a, it->second);
     finish(a);
     return true;
@@ -629,11 +627,7 @@ void CoExecutor::Capture(const Work& work) {
     a.arg = sa.arg;
     a.element = sa.element;
     a.written = written(sa.arg);
-    a.sizes = sa.sizes;
-    a.strides = sa.strides;
-    a.offset = sa.offset;
-    a.keys = sa.keys;
-    a.dtype = sa.dtype;
+    a.layout = sa.layout;
     if (auto it = l.value_of_slot.find(sa.slot.get()); it != l.value_of_slot.end()) {
       a.value = it->second;
       segment.values[it->second].last_use = index;
@@ -756,21 +750,16 @@ void CoExecutor::BackwardEnd(bool completed) {
     LearnedBackward::NewGrad g;
     g.leaf = i;
     g.value = it->second;
-    g.sizes.assign(grad.sizes().begin(), grad.sizes().end());
-    g.strides.assign(grad.strides().begin(), grad.strides().end());
-    g.offset = grad.storage_offset();
-    g.keys = grad.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
-    g.dtype = grad.dtype();
+    g.layout = TensorLayout::Of(grad);
     segment.values[g.value].to_program = true;
     h.U32(g.leaf);
     h.U32(g.value);
-    HashLayout(g.sizes, g.strides, g.offset, h);
+    HashLayout(g.layout, h);
     learned.new_grads.push_back(std::move(g));
   }
   for (uint32_t id = 0; id < segment.values.size(); ++id) {
     if (!segment.values[id].to_program) segment.ops[segment.values[id].last_use].frees.push_back(id);
   }
-  segment.num_externals = static_cast<uint32_t>(l.externals.size());
   segment.external_written = l.external_written;
   segment.external_written.resize(l.externals.size(), 0);
   for (const ExternalSource& e : l.externals) {
@@ -854,13 +843,9 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
       work.segment_futures.emplace_back(g.value, static_cast<uint32_t>(work.futures.size() - 1));
       futures.emplace_back(g.value, future);
     }
-    if (future.sizes().equals(g.sizes) && future.strides().equals(g.strides) && g.offset == 0) {
-      grads.emplace_back(g.leaf, future);
-      continue;
-    }
-    at::Tensor view = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(future.storage()), g.keys, g.dtype);
-    view.unsafeGetTensorImpl()->set_sizes_and_strides(g.sizes, g.strides, g.offset);
-    grads.emplace_back(g.leaf, std::move(view));
+    const TensorLayout& l = g.layout;
+    const bool as_future = future.sizes().equals(l.sizes) && future.strides().equals(l.strides) && l.offset == 0;
+    grads.emplace_back(g.leaf, as_future ? future : l.On(future.storage()));
   }
   executor_.Commit();
   for (auto& [leaf, grad] : grads) walk.leaves[leaf].mutable_grad() = std::move(grad);

@@ -186,10 +186,7 @@ class CoExecutor final : public OpObserver {
     struct NewGrad {
       uint32_t leaf = 0;
       uint32_t value = 0;
-      std::vector<int64_t> sizes, strides;
-      int64_t offset = 0;
-      c10::DispatchKeySet keys;
-      caffe2::TypeMeta dtype;
+      TensorLayout layout;  // the .grad AccumulateGrad made, on the value's memory
     };
     std::vector<NewGrad> new_grads;
     graph::NodeIndex end_position = graph::kEntry;

@@ -174,16 +174,7 @@ Slot* SlotOf(const at::Tensor& t) {
 namespace {
 
 SlotArgument SlotArgumentOf(const at::Tensor& t, Slot* slot, uint32_t arg, int32_t element) {
-  SlotArgument a;
-  a.arg = arg;
-  a.element = element;
-  a.slot = c10::intrusive_ptr<Slot>::reclaim_copy(slot);
-  a.sizes.assign(t.sizes().begin(), t.sizes().end());
-  a.strides.assign(t.strides().begin(), t.strides().end());
-  a.offset = t.storage_offset();
-  a.keys = t.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
-  a.dtype = t.dtype();
-  return a;
+  return SlotArgument{arg, element, c10::intrusive_ptr<Slot>::reclaim_copy(slot), TensorLayout::Of(t)};
 }
 
 // Memory the program can write without ATen: numpy's (torch.from_numpy),
@@ -303,13 +294,41 @@ namespace {
 at::Tensor Rebuild(const SlotArgument& a, const Work& work) {
   TERRA_INTERNAL_CHECK(static_cast<bool>(a.slot->storage), work.op->operator_name().name,
                        " read a future whose value was never computed");
-  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(a.slot->storage), a.keys,
-                                                          a.dtype);
-  t.unsafeGetTensorImpl()->set_sizes_and_strides(a.sizes, a.strides, a.offset);
-  return t;
+  return a.layout.On(a.slot->storage);
+}
+
+// Where a result goes as a value (a slot's, or a segment's internal one): the
+// result's own storage when it has the recorded layout and nobody else sees
+// it (`own_refs`: the references the stack accounts for), else a copy.
+c10::Storage ValueStorage(const at::Tensor& result, const graph::TensorMeta& meta, size_t nbytes,
+                          size_t own_refs) {
+  const bool same_layout = result.sizes().equals(meta.sizes) && result.strides().equals(meta.strides) &&
+                           result.storage_offset() == 0 && result.storage().nbytes() == nbytes;
+  if (same_layout && result.storage().use_count() == 1 && result.use_count() <= own_refs) {
+    return result.storage();  // a fresh allocation nobody else sees
+  }
+  at::Tensor target = at::empty_strided(meta.sizes, meta.strides, result.options());
+  target.copy_(result);
+  return target.storage();
 }
 
 }  // namespace
+
+TensorLayout TensorLayout::Of(const at::Tensor& t) {
+  TensorLayout l;
+  l.sizes.assign(t.sizes().begin(), t.sizes().end());
+  l.strides.assign(t.strides().begin(), t.strides().end());
+  l.offset = t.storage_offset();
+  l.keys = t.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
+  l.dtype = t.dtype();
+  return l;
+}
+
+at::Tensor TensorLayout::On(c10::Storage storage) const {
+  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), keys, dtype);
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset);
+  return t;
+}
 
 at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
                       c10::Device device, FutureOutput* output) {
@@ -645,8 +664,7 @@ void Executor::RunSegment(Work& work) {
       }
       TERRA_INTERNAL_CHECK(static_cast<bool>(storage), op.op.operator_name().name,
                            " in a replayed backward read a value never computed");
-      at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), a.keys, a.dtype);
-      t.unsafeGetTensorImpl()->set_sizes_and_strides(a.sizes, a.strides, a.offset);
+      at::Tensor t = a.layout.On(std::move(storage));
       c10::IValue& v = stack[a.arg];
       if (a.element < 0) {
         v = c10::IValue(std::move(t));
@@ -670,23 +688,12 @@ void Executor::RunSegment(Work& work) {
                                (op.location != nullptr ? " (for " + graph::ShortLocation(*op.location) + ")" : "") +
                                ": " + e.what());
     }
-    // The results, as Run puts them into slots: the result's storage when it
-    // has the recorded layout and nobody else sees it, else a copy.
+    // The results, as Run puts them into slots.
     size_t k = 0;
     auto keep = [&](const at::Tensor& result, size_t own_refs) {
       if (!result.defined() || k >= op.outputs.size()) return;
       const uint32_t id = op.outputs[k++];
-      const SegmentValue& value = segment.values[id];
-      const bool same_layout = result.sizes().equals(value.meta.sizes) &&
-                               result.strides().equals(value.meta.strides) &&
-                               result.storage_offset() == 0 && result.storage().nbytes() == value.nbytes;
-      if (same_layout && result.storage().use_count() == 1 && result.use_count() <= own_refs) {
-        values[id] = result.storage();
-        return;
-      }
-      at::Tensor target = at::empty_strided(value.meta.sizes, value.meta.strides, result.options());
-      target.copy_(result);
-      values[id] = target.storage();
+      values[id] = ValueStorage(result, segment.values[id].meta, segment.values[id].nbytes, own_refs);
     };
     for (const c10::IValue& v : stack) {
       if (v.isTensor()) {
@@ -741,17 +748,7 @@ void Executor::Run(Work& work) {
       FutureOutput& out = work.futures[k++];
       c10::intrusive_ptr<Slot> slot = out.slot.lock();
       if (!slot) return;  // nobody can see this output any more
-      const bool same_layout = result.sizes().equals(out.meta->sizes) &&
-                               result.strides().equals(out.meta->strides) &&
-                               result.storage_offset() == 0 &&
-                               result.storage().nbytes() == out.nbytes;
-      if (same_layout && result.storage().use_count() == 1 && result.use_count() <= own_refs) {
-        slot->storage = result.storage();  // a fresh allocation nobody else sees
-        return;
-      }
-      at::Tensor target = at::empty_strided(out.meta->sizes, out.meta->strides, result.options());
-      target.copy_(result);
-      slot->storage = target.storage();
+      slot->storage = ValueStorage(result, *out.meta, out.nbytes, own_refs);
     };
     if (v.isTensor()) {
       fill(v.toTensor(), 1);

@@ -58,6 +58,7 @@
 
 #include "graph/node.h"
 #include "runtime/backward_segment.h"
+#include "runtime/tensor_layout.h"
 
 namespace terra::runtime {
 
@@ -95,11 +96,7 @@ struct SlotArgument {
   uint32_t arg = 0;
   int32_t element = -1;  // -1: the argument itself
   c10::intrusive_ptr<Slot> slot;
-  c10::SmallVector<int64_t, 5> sizes;
-  c10::SmallVector<int64_t, 5> strides;
-  int64_t offset = 0;
-  c10::DispatchKeySet keys;
-  caffe2::TypeMeta dtype;
+  TensorLayout layout;
 };
 
 // An external value of a backward segment: a slot, or ordinary memory.

@@ -1,0 +1,28 @@
+// How a tensor sees its storage: what rebuilding it on other memory needs.
+// A queued Work's argument in a future's memory (SlotArgument), a backward
+// segment's tensor argument (SegmentArgument) and a leaf's new gradient in a
+// replayed segment all keep one, taken from a program tensor (Of) and
+// rebuilt on the executor's memory (On).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/util/SmallVector.h>
+
+#include <cstdint>
+
+namespace terra::runtime {
+
+struct TensorLayout {
+  c10::SmallVector<int64_t, 5> sizes;
+  c10::SmallVector<int64_t, 5> strides;
+  int64_t offset = 0;
+  c10::DispatchKeySet keys;  // without autograd's: the executor runs below autograd
+  caffe2::TypeMeta dtype;
+
+  static TensorLayout Of(const at::Tensor& t);
+  // A new tensor with this layout on `storage` (defined in executor.cc).
+  at::Tensor On(c10::Storage storage) const;
+};
+
+}  // namespace terra::runtime
