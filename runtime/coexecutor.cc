@@ -90,6 +90,7 @@ void HashLayout(const TensorLayout& l, graph::HashWriter& h) {
   h.I64(l.offset);
   h.U64(l.keys.raw_repr());
   h.U16(static_cast<uint16_t>(c10::typeMetaToScalarType(l.dtype)));
+  h.U8(l.wrapped_number ? 1 : 0);
 }
 
 // Moves the op's arguments off the top of the stack into `to`.

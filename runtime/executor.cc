@@ -302,6 +302,10 @@ at::Tensor Rebuild(const SlotArgument& a, const Work& work) {
 // it (`own_refs`: the references the stack accounts for), else a copy.
 c10::Storage ValueStorage(const at::Tensor& result, const graph::TensorMeta& meta, size_t nbytes,
                           size_t own_refs) {
+  // A future's readers were given `meta`'s dtype when the op was issued; a
+  // result of another dtype would be read as the wrong bits.
+  TERRA_INTERNAL_CHECK(static_cast<uint8_t>(result.scalar_type()) == meta.dtype, "a result of dtype ",
+                       result.scalar_type(), " for a future of dtype ", static_cast<c10::ScalarType>(meta.dtype));
   const bool same_layout = result.sizes().equals(meta.sizes) && result.strides().equals(meta.strides) &&
                            result.storage_offset() == 0 && result.storage().nbytes() == nbytes;
   if (same_layout && result.storage().use_count() == 1 && result.use_count() <= own_refs) {
@@ -321,12 +325,14 @@ TensorLayout TensorLayout::Of(const at::Tensor& t) {
   l.offset = t.storage_offset();
   l.keys = t.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
   l.dtype = t.dtype();
+  l.wrapped_number = t.unsafeGetTensorImpl()->is_wrapped_number();
   return l;
 }
 
 at::Tensor TensorLayout::On(c10::Storage storage) const {
   at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), keys, dtype);
   t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset);
+  if (wrapped_number) t.unsafeGetTensorImpl()->set_wrapped_number(true);
   return t;
 }
 

@@ -19,6 +19,10 @@ struct TensorLayout {
   int64_t offset = 0;
   c10::DispatchKeySet keys;  // without autograd's: the executor runs below autograd
   caffe2::TypeMeta dtype;
+  // A Python number the op took as a tensor: type promotion treats it as a
+  // scalar (a 0-dim float32 gradient times 0.5 stays float32), so a rebuilt
+  // one must be marked too.
+  bool wrapped_number = false;
 
   static TensorLayout Of(const at::Tensor& t);
   // A new tensor with this layout on `storage` (defined in executor.cc).

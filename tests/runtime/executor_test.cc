@@ -190,5 +190,33 @@ TEST(ExecutorTest, AReadWaitsOnlyForTheWorkThatWritesTheValue) {
   EXPECT_TRUE(c.equal(at::full({3}, 9.0)));  // 3 + 6: b as it was when c was issued
 }
 
+TEST(TensorLayoutTest, ARebuiltPythonNumberStaysAWrappedNumber) {
+  // `loss * 0.5` saves 0.5 as a wrapped-number tensor; a replayed backward
+  // rebuilds it on its storage. Type promotion treats a wrapped number as a
+  // scalar, so a 0-dim float32 gradient times it stays float32.
+  at::Tensor half = at::scalar_to_tensor(0.5);
+  half.unsafeGetTensorImpl()->set_wrapped_number(true);
+  const TensorLayout layout = TensorLayout::Of(half);
+  at::Tensor rebuilt = layout.On(half.storage());
+  EXPECT_TRUE(rebuilt.unsafeGetTensorImpl()->is_wrapped_number());
+  EXPECT_EQ(at::mul(at::ones({}, at::kFloat), rebuilt).scalar_type(), at::kFloat);
+  EXPECT_FALSE(TensorLayout::Of(at::ones({})).On(half.storage()).unsafeGetTensorImpl()->is_wrapped_number());
+}
+
+TEST(ExecutorTest, AResultOfAnotherDtypeThanItsFutureFailsAtDrain) {
+  // Readers of the future were told float32; float64 bits would be read as
+  // float32 ones. The executor refuses instead of filling the future.
+  Executor ex;
+  const graph::TensorMeta meta{6, 0, -1, {}, {}};
+  at::Tensor f = Submit(ex, "aten::mul", "Tensor", {at::ones({}, at::kFloat), at::ones({}, at::kDouble)}, meta);
+  try {
+    ex.Drain();
+    FAIL() << "a float64 result filled a float32 future";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("a result of dtype Double for a future of dtype Float"), std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace terra::runtime
