@@ -504,7 +504,7 @@ void CoExecutor::Record(const Work& work) {
   for (const FutureOutput& out : work.futures) r.outputs.push_back(out.slot.lock());
   for (const SlotArgument& a : work.slot_args) r.slot_args.push_back(a.slot);
   auto held = [&](const at::Tensor& t, uint32_t arg, int32_t element) {
-    if (t.defined() && t.has_storage()) r.held.push_back({{arg, element}, t.storage()});
+    if (t.defined() && t.has_storage()) r.held.push_back({arg, element, t.storage(), t.storage_offset()});
   };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
     const c10::IValue& v = work.inputs[i];
@@ -569,9 +569,11 @@ void CoExecutor::Capture(const Work& work) {
     HashLayout(a.layout, h);
     op.tensors.push_back(std::move(a));
   };
-  // An ordinary tensor the Work holds: named by its storage.
+  // An ordinary tensor the Work holds: named by its storage and where it
+  // starts in it (Learning::source_of_storage).
   auto held = [&](const at::Tensor& t, uint32_t arg, int32_t element) {
-    auto it = l.source_of_storage.find(t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr);
+    auto it = l.source_of_storage.find(
+        {t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr, t.storage_offset()});
     if (it == l.source_of_storage.end()) {
       l.failed = "the backward reads a tensor the forward's co-executed ops did not";
       return false;
@@ -581,6 +583,7 @@ void CoExecutor::Capture(const Work& work) {
     a.element = element;
     a.written = written(arg);
     a.layout = TensorLayout::Of(t);
+    a.layout.offset = 0;  // where the naming tensor starts this time (SegmentExternal::offset)
     external(a, it->second);
     finish(a);
     return true;
@@ -654,6 +657,16 @@ void CoExecutor::Capture(const Work& work) {
     h.U32(id);
     h.U64(graph::MetasHash({*out.meta}));
   }
+  if (const char* debug = std::getenv("TERRA_DEBUG_SEGMENTS"); debug != nullptr && debug[0] == '2') {
+    // Each captured op and the content hash so far: diff two learnings to
+    // see where they disagree.
+    std::fprintf(stderr, "terra: segment op %u %s content %llx\n", index, op.op.operator_name().name.c_str(),
+                 static_cast<unsigned long long>(h.state()));
+    for (const SegmentArgument& a : op.tensors) {
+      std::fprintf(stderr, "terra:   argument %u element %d %s %u offset %lld\n", a.arg, a.element,
+                   a.external ? "external" : "internal", a.value, static_cast<long long>(a.layout.offset));
+    }
+  }
   segment.ops.push_back(std::move(op));
 }
 
@@ -697,7 +710,7 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
     if (Slot* slot = SlotOf(grad)) {
       l.source_of_slot.try_emplace(slot, source);
     } else if (grad.has_storage()) {
-      l.source_of_storage.try_emplace(grad.storage().unsafeGetStorageImpl(), source);
+      l.source_of_storage.try_emplace({grad.storage().unsafeGetStorageImpl(), grad.storage_offset()}, source);
     }
   }
   for (uint32_t o = 0; o < record_at_.size(); ++o) {
@@ -709,9 +722,9 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
     for (uint32_t k = 0; k < r.slot_args.size(); ++k) {
       l.source_of_slot.try_emplace(r.slot_args[k].get(), ExternalSource{ExternalSource::kSlotArg, o, k, -1});
     }
-    for (const auto& [where, storage] : r.held) {
-      l.source_of_storage.try_emplace(storage.unsafeGetStorageImpl(),
-                                      ExternalSource{ExternalSource::kHeld, o, where.first, where.second});
+    for (const ForwardRecord::Held& held : r.held) {
+      l.source_of_storage.try_emplace({held.storage.unsafeGetStorageImpl(), held.offset},
+                                      ExternalSource{ExternalSource::kHeld, o, held.arg, held.element});
     }
   }
   return BackwardStart::kLearning;
@@ -808,6 +821,7 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
         e.slot = c10::intrusive_ptr<Slot>::reclaim_copy(slot);
       } else {
         e.storage = grad.storage();
+        e.offset = grad.storage_offset();
       }
       continue;
     }
@@ -820,8 +834,11 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
       if (src.index >= r.slot_args.size()) return false;
       e.slot = r.slot_args[src.index];
     } else {
-      for (const auto& [where, storage] : r.held) {
-        if (where.first == src.index && where.second == src.element) e.storage = storage;
+      for (const ForwardRecord::Held& held : r.held) {
+        if (held.arg == src.index && held.element == src.element) {
+          e.storage = held.storage;
+          e.offset = held.offset;
+        }
       }
       if (!e.storage) return false;
     }

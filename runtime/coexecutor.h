@@ -22,9 +22,11 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "graph/trace_graph.h"
 #include "runtime/autograd_context.h"
@@ -178,7 +180,13 @@ class CoExecutor final : public OpObserver {
   struct ForwardRecord {
     std::vector<c10::intrusive_ptr<Slot>> outputs;
     std::vector<c10::intrusive_ptr<Slot>> slot_args;
-    std::vector<std::pair<std::pair<uint32_t, int32_t>, c10::Storage>> held;
+    struct Held {
+      uint32_t arg = 0;
+      int32_t element = -1;
+      c10::Storage storage;
+      int64_t offset = 0;  // the tensor's storage offset
+    };
+    std::vector<Held> held;
   };
   struct LearnedBackward {
     std::shared_ptr<BackwardSegment> segment;
@@ -207,7 +215,12 @@ class CoExecutor final : public OpObserver {
     std::unordered_map<const Slot*, uint32_t> value_of_slot;  // internal values
     std::vector<c10::intrusive_ptr<Slot>> slots;  // keeps value_of_slot's keys from being reused
     std::unordered_map<const Slot*, ExternalSource> source_of_slot;
-    std::unordered_map<const c10::StorageImpl*, ExternalSource> source_of_storage;
+    // Ordinary tensors by storage and storage offset: a tensor the backward
+    // reads is the one a forward op held where it starts at the same place
+    // (a saved input, or a view of it such as weight.t().t()). Its layout is
+    // then relative to that tensor's, which may move (a batch sliced from a
+    // dataset tensor at a new offset each step).
+    std::map<std::pair<const c10::StorageImpl*, int64_t>, ExternalSource> source_of_storage;
     std::vector<ExternalSource> externals;  // by external index
     std::vector<uint8_t> external_written;
     graph::HashWriter content;

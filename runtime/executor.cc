@@ -329,9 +329,9 @@ TensorLayout TensorLayout::Of(const at::Tensor& t) {
   return l;
 }
 
-at::Tensor TensorLayout::On(c10::Storage storage) const {
+at::Tensor TensorLayout::On(c10::Storage storage, int64_t shift) const {
   at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), keys, dtype);
-  t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset);
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset + shift);
   if (wrapped_number) t.unsafeGetTensorImpl()->set_wrapped_number(true);
   return t;
 }
@@ -662,15 +662,17 @@ void Executor::RunSegment(Work& work) {
     lists_copied.assign(stack.size(), 0);
     for (const SegmentArgument& a : op.tensors) {
       c10::Storage storage;
+      int64_t shift = 0;
       if (a.external) {
         const SegmentExternal& e = work.externals[a.value];
         storage = e.slot ? e.slot->storage : e.storage;
+        shift = e.offset;
       } else {
         storage = values[a.value];
       }
       TERRA_INTERNAL_CHECK(static_cast<bool>(storage), op.op.operator_name().name,
                            " in a replayed backward read a value never computed");
-      at::Tensor t = a.layout.On(std::move(storage));
+      at::Tensor t = a.layout.On(std::move(storage), shift);
       c10::IValue& v = stack[a.arg];
       if (a.element < 0) {
         v = c10::IValue(std::move(t));

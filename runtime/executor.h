@@ -103,6 +103,10 @@ struct SlotArgument {
 struct SegmentExternal {
   c10::intrusive_ptr<Slot> slot;
   c10::Storage storage;
+  // Where the tensor the external was named by starts in `storage` this
+  // time; the segment's arguments on it are laid out relative to it (a
+  // batch sliced from a dataset tensor moves through it from step to step).
+  int64_t offset = 0;
 };
 
 struct Work {

@@ -25,8 +25,9 @@ struct TensorLayout {
   bool wrapped_number = false;
 
   static TensorLayout Of(const at::Tensor& t);
-  // A new tensor with this layout on `storage` (defined in executor.cc).
-  at::Tensor On(c10::Storage storage) const;
+  // A new tensor with this layout on `storage`, `shift` elements further
+  // (defined in executor.cc).
+  at::Tensor On(c10::Storage storage, int64_t shift = 0) const;
 };
 
 }  // namespace terra::runtime

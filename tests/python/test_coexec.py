@@ -216,6 +216,25 @@ def scheduled_loss_scale(steps):
     return out, params(model)
 
 
+def sliced_batches(steps):
+    # Batches sliced from one dataset tensor at a new offset each step: the
+    # backward reads the saved input (for the weight's gradient) and the
+    # targets (nll_loss keeps them) at a new place in the same storage.
+    torch.manual_seed(0)
+    data, labels = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    out = []
+    for i in range(steps):
+        pos = (i * 4) % 56
+        loss = nn.functional.cross_entropy(model(data[pos:pos + 8]), labels[pos:pos + 8])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(loss.item())
+    return out, params(model)
+
+
 def hooked_backward(steps):
     # A tensor hook runs Python in the backward: never replayed as a segment.
     torch.manual_seed(0)
@@ -237,7 +256,7 @@ def hooked_backward(steps):
 
 SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_update_and_clip, lbfgs,
                                      two_models, checkpoint, reused_numpy_buffer,
-                                     scheduled_loss_scale, hooked_backward)}
+                                     scheduled_loss_scale, sliced_batches, hooked_backward)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -253,7 +272,7 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
 
 @pytest.mark.parametrize("scenario", ["item_and_print", "numpy_between", "manual_update_and_clip",
                                       "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer",
-                                      "scheduled_loss_scale", "hooked_backward"])
+                                      "scheduled_loss_scale", "sliced_batches", "hooked_backward"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -274,7 +293,9 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     # scheduled_loss_scale: the backward multiplies by a Python float (a
     # wrapped number, which a replay must rebuild as one, or a 0-dim float32
     # gradient times it becomes float64) that changes at step 8.
-    if scenario in ("item_and_print", "checkpoint", "two_models", "scheduled_loss_scale"):
+    # sliced_batches: the tensors the backward reads move through their
+    # storage; the segment names them relative to the forward's.
+    if scenario in ("item_and_print", "checkpoint", "two_models", "scheduled_loss_scale", "sliced_batches"):
         assert result["coexec"]["backward_replayed"] > 0, result
     if scenario == "hooked_backward":
         assert result["coexec"]["backward_replayed"] == 0, result
