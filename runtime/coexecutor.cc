@@ -103,7 +103,7 @@ void MoveArguments(torch::jit::Stack* stack, size_t num_args, torch::jit::Stack*
 }  // namespace
 
 CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recorder* recorder,
-                       bool synchronous, WaitWrapper around_wait)
+                       bool synchronous, WaitWrapper around_wait, std::shared_ptr<BackwardMemory> learned)
     : graph_(graph),
       recorder_(recorder),
       validator_(graph, locator),
@@ -114,7 +114,8 @@ CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recor
       segments_enabled_(!synchronous && [] {
         const char* v = std::getenv("TERRA_BACKWARD_SEGMENTS");
         return v != nullptr && std::string_view(v) == "1";
-      }()) {
+      }()),
+      memory_(learned != nullptr ? std::move(learned) : std::make_shared<BackwardMemory>()) {
   if (segments_enabled_) executor_.set_commit_observer([this](const Work& work) { OnCommit(work); });
 }
 
@@ -493,7 +494,7 @@ void CoExecutor::OnCommit(const Work& work) {
     return;
   }
   if (work.segment) return;
-  if (record_all_ || (op_ordinal_ < needed_.size() && needed_[op_ordinal_] != 0)) Record(work);
+  if (record_all_ || (op_ordinal_ < memory_->needed.size() && memory_->needed[op_ordinal_] != 0)) Record(work);
 }
 
 void CoExecutor::Record(const Work& work) {
@@ -684,14 +685,14 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
                  (unsigned long long)path_hash_, (unsigned long long)walk.signature,
                  (unsigned long long)fed_hash_, validator_.position(), (int)record_all_);
   }
-  auto it = backwards_.find(key);
-  if (it != backwards_.end() && it->second.ready) {
+  auto it = memory_->by_key.find(key);
+  if (it != memory_->by_key.end() && it->second.ready) {
     if (Replay(it->second, walk)) return BackwardStart::kReplayed;
     record_next_ = true;
     NoteNotReplayed("a value the segment reads was not computed by a co-executed op this time");
     return BackwardStart::kNotTaken;
   }
-  if (it != backwards_.end() && it->second.disagreements > 2) return BackwardStart::kNotTaken;
+  if (it != memory_->by_key.end() && it->second.disagreements > 2) return BackwardStart::kNotTaken;
   if (!record_all_) {
     record_next_ = true;  // learn it next time
     return BackwardStart::kNotTaken;
@@ -735,7 +736,7 @@ void CoExecutor::BackwardEnd(bool completed) {
   std::unique_ptr<Learning> owned = std::move(learning_);
   Learning& l = *owned;
   if (!completed || diverged_) return;
-  LearnedBackward& entry = backwards_[l.key];
+  LearnedBackward& entry = memory_->by_key[l.key];
   auto fail = [&](const char* why) {
     entry.disagreements = 3;  // not learnable: keep validating op by op
     entry.segment.reset();
@@ -797,8 +798,8 @@ void CoExecutor::BackwardEnd(bool completed) {
     ++stats_.backward_learned;
     for (const ExternalSource& e : entry.externals) {
       if (e.kind == ExternalSource::kLeafGrad) continue;
-      if (needed_.size() <= e.ordinal) needed_.resize(e.ordinal + 1, 0);
-      needed_[e.ordinal] = 1;
+      if (memory_->needed.size() <= e.ordinal) memory_->needed.resize(e.ordinal + 1, 0);
+      memory_->needed[e.ordinal] = 1;
     }
     return;
   }

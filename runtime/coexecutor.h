@@ -88,9 +88,16 @@ class CoExecutor final : public OpObserver {
   // debug mode, each op runs as soon as it is validated.
   // `locator` and `recorder` (shared with the recorder, not owned) take over
   // after a divergence.
+  // `learned`: the backward segments a previous co-executor learned on the
+  // same `graph` object (backward_memory()), so that co-execution resumed on
+  // an unchanged graph (auto mode's probe alternates with eager) does not
+  // learn them again; null for none.
+  struct BackwardMemory;
   CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recorder* recorder,
-             bool synchronous, WaitWrapper around_wait = {});
+             bool synchronous, WaitWrapper around_wait = {},
+             std::shared_ptr<BackwardMemory> learned = nullptr);
   ~CoExecutor() override;
+  std::shared_ptr<BackwardMemory> backward_memory() const { return memory_; }
 
   bool TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stack) override;
   // Only called for ops not taken over; recorded after a divergence.
@@ -205,6 +212,14 @@ class CoExecutor final : public OpObserver {
     bool ready = false;
     int disagreements = 0;
   };
+ public:
+  // Learned segments by key, and which forward Works they read (by ordinal).
+  struct BackwardMemory {
+    std::unordered_map<uint64_t, LearnedBackward> by_key;
+    std::vector<uint8_t> needed;
+  };
+
+ private:
   struct Learning {
     uint64_t key = 0;
     AutogradGraphWalk walk;
@@ -252,11 +267,10 @@ class CoExecutor final : public OpObserver {
   uint64_t fed_hash_ = 0;
   bool record_all_ = true;   // this iteration records every forward Work
   bool record_next_ = false;  // and the next one
-  std::vector<uint8_t> needed_;  // by ordinal: a learned segment reads this Work's values
   std::vector<ForwardRecord> records_;
   size_t records_used_ = 0;
   std::vector<int32_t> record_at_;  // by ordinal: index in records_, or -1
-  std::unordered_map<uint64_t, LearnedBackward> backwards_;
+  std::shared_ptr<BackwardMemory> memory_;
   std::unique_ptr<Learning> learning_;
   std::unordered_map<uint64_t, size_t> wait_index_;  // hash of (frames, what) -> wait_points_
 };

@@ -326,6 +326,11 @@ bool Recorder::IsStable(uint64_t k) const {
   return graph_.IsStable(k);
 }
 
+uint64_t Recorder::Generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_.iterations;  // every merge, EndPartialIteration's included, counts one
+}
+
 graph::TraceGraph Recorder::Graph() const {
   std::lock_guard<std::mutex> lock(mu_);
   return graph_;

@@ -93,6 +93,9 @@ class Recorder final : public OpObserver {
 
   // TraceGraph().IsStable(k), without the copy.
   bool IsStable(uint64_t k) const;
+  // Changes whenever a trace is merged: a copy of Graph() taken at the same
+  // generation is the graph as it is now.
+  uint64_t Generation() const;
 
   // Copies, taken under the lock.
   graph::TraceGraph Graph() const;

@@ -149,9 +149,18 @@ class Tracer {
   void CoexecStart(bool synchronous) {
     runtime::SetFallbackObserver(nullptr);
     runtime::DisableInterception();
-    coexec_graph_ = std::make_unique<graph::TraceGraph>(recorder_.Graph());
+    // On a graph that has not changed since the last co-execution (auto
+    // mode's probe resumes it after eager blocks), the same copy serves, and
+    // with it the backward segments learned on it.
+    const uint64_t generation = recorder_.Generation();
+    if (!coexec_graph_ || generation != coexec_graph_generation_ || synchronous != synchronous_) {
+      coexec_graph_ = std::make_unique<graph::TraceGraph>(recorder_.Graph());
+      coexec_graph_generation_ = generation;
+      backward_memory_.reset();
+    }
     coexec_ = std::make_unique<runtime::CoExecutor>(coexec_graph_.get(), &locator_, &recorder_,
-                                                    synchronous, &WaitWithoutGil);
+                                                    synchronous, &WaitWithoutGil, backward_memory_);
+    backward_memory_ = coexec_->backward_memory();
     synchronous_ = synchronous;
     runtime::EnableInterception(coexec_.get());
   }
@@ -182,7 +191,6 @@ class Tracer {
       MergeWaits(coexec_->wait_points());
     }
     coexec_.reset();
-    coexec_graph_.reset();
   }
 
   py::dict CoexecStats() {
@@ -287,7 +295,9 @@ class Tracer {
   bool synchronous_ = false;
   std::unique_ptr<graph::TraceGraph> validated_graph_;
   std::unique_ptr<runtime::Validator> validator_;
-  std::unique_ptr<graph::TraceGraph> coexec_graph_;
+  std::unique_ptr<graph::TraceGraph> coexec_graph_;  // kept after a stop, for a resume
+  uint64_t coexec_graph_generation_ = 0;                // the recorder's when copied
+  std::shared_ptr<runtime::CoExecutor::BackwardMemory> backward_memory_;
   std::unique_ptr<runtime::CoExecutor> coexec_;
   // Adds a finished run's waits, one entry per (frames, what).
   void MergeWaits(const std::vector<runtime::WaitPoint>& points) {

@@ -978,6 +978,21 @@ def test_auto_mode_times_coexecution_against_eager_and_keeps_the_faster(tmp_path
     assert "auto: co-execution took" in r["report"], r["report"]
 
 
+def test_auto_mode_keeps_backward_segments_learned_before_an_eager_block(tmp_path):
+    # The probe stops co-execution for eager blocks and resumes it on the same
+    # graph: the backward segment learned in the first co-executed block is
+    # replayed in the later ones, not learned again in each.
+    blocks, length = 5, 3
+    steps = 4 + blocks * length + 4
+    r = Program(tmp_path, AUTO_PROBE).run(env={"STEPS": str(steps), "TERRA_AUTO_PROBE_BLOCKS": str(blocks),
+                                              "TERRA_BACKWARD_SEGMENTS": "1"})
+    assert r["same"], "auto mode with backward segments changed the results"
+    coexec = r["coexec"]
+    assert coexec["backward_learned"] == 1, coexec
+    # Two learnings (the first co-executed iterations), then every one replays.
+    assert coexec["backward_replayed"] == coexec["iterations"] - 2, coexec
+
+
 CHURN = """
 import os
 terra.enable("auto")
