@@ -109,11 +109,12 @@ CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recor
       validator_(graph, locator),
       executor_(synchronous, std::move(around_wait)),
       locator_(locator),
-      // Experimental, off by default: a known wrong result with a Python
-      // scalar operand (docs/coexecution.md, "The backward as one unit").
+      // On by default; TERRA_BACKWARD_SEGMENTS=0 keeps every backward op by
+      // op (docs/coexecution.md, "The backward as one unit"). Debug mode runs
+      // each op as it is issued, so it has no segments.
       segments_enabled_(!synchronous && [] {
         const char* v = std::getenv("TERRA_BACKWARD_SEGMENTS");
-        return v != nullptr && std::string_view(v) == "1";
+        return v == nullptr || std::string_view(v) != "0";
       }()),
       memory_(learned != nullptr ? std::move(learned) : std::make_shared<BackwardMemory>()) {
   if (segments_enabled_) executor_.set_commit_observer([this](const Work& work) { OnCommit(work); });
@@ -577,6 +578,11 @@ void CoExecutor::Capture(const Work& work) {
         {t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr, t.storage_offset()});
     if (it == l.source_of_storage.end()) {
       l.failed = "the backward reads a tensor the forward's co-executed ops did not";
+      if (std::getenv("TERRA_DEBUG_SEGMENTS") != nullptr) {
+        std::fprintf(stderr, "terra: %s reads a tensor of sizes %s at offset %lld no forward op held there\n",
+                     work.op->operator_name().name.c_str(), c10::str(t.sizes()).c_str(),
+                     static_cast<long long>(t.storage_offset()));
+      }
       return false;
     }
     SegmentArgument a;

@@ -276,8 +276,8 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
-    # Backward segments are experimental (off by default); the scenarios run
-    # with them on.
+    # Backward segments are on by default (TERRA_BACKWARD_SEGMENTS=0 turns
+    # them off); the scenarios run with them on whatever the environment says.
     env = dict(os.environ, TERRA_BACKWARD_SEGMENTS="1")
     proc = run([sys.executable, str(path), scenario], tmp_path, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -300,6 +300,21 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     if scenario == "hooked_backward":
         assert result["coexec"]["backward_replayed"] == 0, result
         assert result["coexec"]["backward_not_replayed"] == "a hook", result
+
+
+@pytest.mark.parametrize("scenario", ["item_and_print", "sliced_batches", "two_models"])
+def test_scenario_bit_identical_with_backward_segments_off(scenario, tmp_path):
+    # TERRA_BACKWARD_SEGMENTS=0: every backward is validated and queued op by
+    # op, as before segments existed.
+    path = tmp_path / "scenarios.py"
+    path.write_text(textwrap.dedent(SCENARIOS))
+    proc = run([sys.executable, str(path), scenario], tmp_path, env=dict(os.environ, TERRA_BACKWARD_SEGMENTS="0"))
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, proc.stdout[-2000:]
+    result = json.loads(line[0][len("RESULT "):])
+    assert result["same"], result
+    assert result["coexec"]["submitted"] > 0, result
+    assert result["coexec"]["backward_replayed"] == 0 and result["coexec"]["backward_learned"] == 0, result
 
 
 FAILS_LATE = '''

@@ -984,8 +984,7 @@ def test_auto_mode_keeps_backward_segments_learned_before_an_eager_block(tmp_pat
     # replayed in the later ones, not learned again in each.
     blocks, length = 5, 3
     steps = 4 + blocks * length + 4
-    r = Program(tmp_path, AUTO_PROBE).run(env={"STEPS": str(steps), "TERRA_AUTO_PROBE_BLOCKS": str(blocks),
-                                              "TERRA_BACKWARD_SEGMENTS": "1"})
+    r = Program(tmp_path, AUTO_PROBE).run(env={"STEPS": str(steps), "TERRA_AUTO_PROBE_BLOCKS": str(blocks)})
     assert r["same"], "auto mode with backward segments changed the results"
     coexec = r["coexec"]
     assert coexec["backward_learned"] == 1, coexec
