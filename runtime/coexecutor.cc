@@ -506,7 +506,7 @@ void CoExecutor::Record(const Work& work) {
   for (const FutureOutput& out : work.futures) r.outputs.push_back(out.slot.lock());
   for (const SlotArgument& a : work.slot_args) r.slot_args.push_back(a.slot);
   auto held = [&](const at::Tensor& t, uint32_t arg, int32_t element) {
-    if (t.defined() && t.has_storage()) r.held.push_back({arg, element, t.storage(), t.storage_offset()});
+    if (t.defined() && t.has_storage()) r.held.push_back({arg, element, t.storage(), t.storage_offset(), false, {}});
   };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
     const c10::IValue& v = work.inputs[i];
@@ -523,6 +523,7 @@ void CoExecutor::Record(const Work& work) {
       }
     }
   }
+  for (const Work::FedInput& f : work.fed) r.held.push_back({f.arg, f.element, f.storage, f.layout.offset, true, f.layout});
 }
 
 uint32_t CoExecutor::ExternalIndex(const ExternalSource& source) {
@@ -574,9 +575,29 @@ void CoExecutor::Capture(const Work& work) {
   // An ordinary tensor the Work holds: named by its storage and where it
   // starts in it (Learning::source_of_storage).
   auto held = [&](const at::Tensor& t, uint32_t arg, int32_t element) {
-    auto it = l.source_of_storage.find(
-        {t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr, t.storage_offset()});
-    if (it == l.source_of_storage.end()) {
+    // Memory fed by value: the Work holds a copy; the program's tensor names it.
+    const Work::FedInput* fed = nullptr;
+    for (const Work::FedInput& f : work.fed) {
+      if (f.arg == arg && f.element == element) fed = &f;
+    }
+    const auto [first, last] =
+        fed != nullptr ? l.source_of_storage.equal_range({fed->storage.unsafeGetStorageImpl(), fed->layout.offset})
+                       : l.source_of_storage.equal_range(
+                             {t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr, t.storage_offset()});
+    // The first forward op that held it there; fed: through the same view (a
+    // replay copies what the forward's tensor covers, and only that).
+    auto it = std::find_if(first, last, [&](const auto& entry) {
+      const Learning::Named& n = entry.second;
+      if (fed == nullptr) return n.source.kind != ExternalSource::kFed;
+      return n.source.kind == ExternalSource::kFed && n.fed.sizes == fed->layout.sizes &&
+             n.fed.strides == fed->layout.strides && n.fed.dtype == fed->layout.dtype;
+    });
+    if (it == last && first != last) {
+      l.failed = fed != nullptr ? "the backward reads the program's own memory (numpy's) through another view"
+                                : "the backward reads the program's own memory (numpy's) other than by value";
+      return false;
+    }
+    if (it == last) {
       l.failed = "the backward reads a tensor the forward's co-executed ops did not";
       if (std::getenv("TERRA_DEBUG_SEGMENTS") != nullptr) {
         std::fprintf(stderr, "terra: %s reads a tensor of sizes %s at offset %lld no forward op held there\n",
@@ -591,7 +612,7 @@ void CoExecutor::Capture(const Work& work) {
     a.written = written(arg);
     a.layout = TensorLayout::Of(t);
     a.layout.offset = 0;  // where the naming tensor starts this time (SegmentExternal::offset)
-    external(a, it->second);
+    external(a, it->second.source);
     finish(a);
     return true;
   };
@@ -717,7 +738,8 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
     if (Slot* slot = SlotOf(grad)) {
       l.source_of_slot.try_emplace(slot, source);
     } else if (grad.has_storage()) {
-      l.source_of_storage.try_emplace({grad.storage().unsafeGetStorageImpl(), grad.storage_offset()}, source);
+      l.source_of_storage.emplace(std::make_pair(grad.storage().unsafeGetStorageImpl(), grad.storage_offset()),
+                                  Learning::Named{source, {}});
     }
   }
   for (uint32_t o = 0; o < record_at_.size(); ++o) {
@@ -730,8 +752,10 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
       l.source_of_slot.try_emplace(r.slot_args[k].get(), ExternalSource{ExternalSource::kSlotArg, o, k, -1});
     }
     for (const ForwardRecord::Held& held : r.held) {
-      l.source_of_storage.try_emplace({held.storage.unsafeGetStorageImpl(), held.offset},
-                                      ExternalSource{ExternalSource::kHeld, o, held.arg, held.element});
+      const ExternalSource source{held.fed ? ExternalSource::kFed : ExternalSource::kHeld, o, held.arg,
+                                  held.element};
+      l.source_of_storage.emplace(std::make_pair(held.storage.unsafeGetStorageImpl(), held.offset),
+                                  Learning::Named{source, held.fed ? held.layout : TensorLayout()});
     }
   }
   return BackwardStart::kLearning;
@@ -841,8 +865,13 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
       if (src.index >= r.slot_args.size()) return false;
       e.slot = r.slot_args[src.index];
     } else {
+      const bool fed = src.kind == ExternalSource::kFed;
       for (const ForwardRecord::Held& held : r.held) {
-        if (held.arg == src.index && held.element == src.element) {
+        if (held.arg != src.index || held.element != src.element || held.fed != fed) continue;
+        if (fed) {
+          // As it is now, as the op-by-op backward would copy it.
+          e.storage = CopyNow(held.layout.On(held.storage)).storage();
+        } else {
           e.storage = held.storage;
           e.offset = held.offset;
         }

@@ -175,12 +175,14 @@ class CoExecutor final : public OpObserver {
   // Backward segments (docs/coexecution.md, "The backward as one unit").
   // Where a segment's external value comes from: a Work of this iteration's
   // forward (by the ordinal of its op among the iteration's validated ops),
-  // or a leaf's existing gradient.
+  // or a leaf's existing gradient. kFed: memory the program can write behind
+  // ATen's back (numpy's), which the forward op was fed by value; a replay
+  // copies it as it is when the backward runs, as the op-by-op backward does.
   struct ExternalSource {
-    enum Kind : uint8_t { kOutput, kSlotArg, kHeld, kLeafGrad } kind = kOutput;
+    enum Kind : uint8_t { kOutput, kSlotArg, kHeld, kLeafGrad, kFed } kind = kOutput;
     uint32_t ordinal = 0;
     uint32_t index = 0;    // future, slot argument, argument, or leaf index
-    int32_t element = -1;  // kHeld: the list element
+    int32_t element = -1;  // kHeld, kFed: the list element
     bool operator==(const ExternalSource&) const = default;
   };
   // The references a forward Work held, kept until the iteration's backward.
@@ -192,6 +194,8 @@ class CoExecutor final : public OpObserver {
       int32_t element = -1;
       c10::Storage storage;
       int64_t offset = 0;  // the tensor's storage offset
+      bool fed = false;    // the program's memory the Work was fed a copy of
+      TensorLayout layout;  // fed: the program's tensor
     };
     std::vector<Held> held;
   };
@@ -235,7 +239,11 @@ class CoExecutor final : public OpObserver {
     // (a saved input, or a view of it such as weight.t().t()). Its layout is
     // then relative to that tensor's, which may move (a batch sliced from a
     // dataset tensor at a new offset each step).
-    std::map<std::pair<const c10::StorageImpl*, int64_t>, ExternalSource> source_of_storage;
+    struct Named {
+      ExternalSource source;
+      TensorLayout fed;  // kFed: the program's tensor the forward op was fed
+    };
+    std::multimap<std::pair<const c10::StorageImpl*, int64_t>, Named> source_of_storage;  // in holding order
     std::vector<ExternalSource> externals;  // by external index
     std::vector<uint8_t> external_written;
     graph::HashWriter content;

@@ -185,9 +185,8 @@ bool ForeignMemory(const at::Tensor& t) {
   return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
 }
 
-// A copy of `t`'s elements as they are now, with `t`'s layout, in memory of
-// its own: a byte copy of the span the view covers, outside the dispatcher
-// (this runs inside an intercepted op).
+}  // namespace
+
 at::Tensor CopyNow(const at::Tensor& t) {
   const size_t item = t.dtype().itemsize();
   const size_t nbytes = at::detail::computeStorageNbytes(t.sizes(), t.strides(), item);
@@ -204,8 +203,6 @@ at::Tensor CopyNow(const at::Tensor& t) {
   copy.unsafeGetTensorImpl()->set_sizes_and_strides(t.sizes(), t.strides(), 0);
   return copy;
 }
-
-}  // namespace
 
 // Replaces every argument in a future's memory by a SlotArgument (and a
 // placeholder on the stack): the Work then holds no reference to the
@@ -247,6 +244,7 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
     }
     if (fed(t, i)) {
       ++fed_by_value_;
+      if (commit_observer_) work.fed.push_back({i, element, t.storage(), TensorLayout::Of(t)});
       return CopyNow(t);
     }
     if (t.defined() && t.has_storage()) referenced_[t.storage().unsafeGetStorageImpl()] = seq + 1;
@@ -445,7 +443,10 @@ void Executor::Commit() {
     } else {
       TakeSlotArguments(work, 0);
     }
-    if (commit_observer_) commit_observer_(work);
+    if (commit_observer_) {
+      commit_observer_(work);
+      work.fed.clear();
+    }
     referenced_.clear();  // it runs now
     if (!error_) {
       const double start = Now();
@@ -469,7 +470,10 @@ void Executor::Commit() {
   } else {
     TakeSlotArguments(work, head);
   }
-  if (commit_observer_) commit_observer_(work);
+  if (commit_observer_) {
+    commit_observer_(work);
+    work.fed.clear();
+  }
   head_.store(head + 1);  // seq_cst: ordered before the parked check below
   if (executor_parked_.load()) {
     { std::lock_guard<std::mutex> lock(mu_); }  // the executor is waiting or will see head_

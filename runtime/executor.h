@@ -126,6 +126,16 @@ struct Work {
   std::shared_ptr<const BackwardSegment> segment;
   std::vector<SegmentExternal> externals;
   std::vector<std::pair<uint32_t, uint32_t>> segment_futures;
+  // Inputs fed by value (copied at Commit), with the program's tensor each
+  // was copied from: filled only for the commit observer, and cleared right
+  // after it, so that the Work holds no reference to the program's memory.
+  struct FedInput {
+    uint32_t arg = 0;
+    int32_t element = -1;
+    c10::Storage storage;
+    TensorLayout layout;
+  };
+  std::vector<FedInput> fed;
 
   // Empties the entry for reuse, keeping the vectors' capacity.
   void Clear() {
@@ -140,12 +150,18 @@ struct Work {
     segment.reset();
     externals.clear();
     segment_futures.clear();
+    fed.clear();
   }
 };
 
 // The slot whose memory `t` lives in (a future, a view of one, an in-place
 // result), or null: ordinary memory.
 Slot* SlotOf(const at::Tensor& t);
+
+// A copy of CPU tensor `t`'s elements as they are now, with `t`'s layout, in
+// memory of its own starting at `t`'s first element: a byte copy of the span
+// the view covers, outside the dispatcher (it runs inside intercepted ops).
+at::Tensor CopyNow(const at::Tensor& t);
 
 // A tensor with the given layout whose storage has no memory yet and is
 // guarded, so that reading or writing its data throws (the safety net for a

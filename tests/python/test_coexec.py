@@ -216,6 +216,30 @@ def scheduled_loss_scale(steps):
     return out, params(model)
 
 
+def numpy_written_before_backward(steps):
+    # The program writes the numpy buffer the forward read (torch.from_numpy)
+    # between the forward and the backward, behind ATen's back. The first
+    # layer's weight gradient reads the saved input: eager's backward sees the
+    # new values, and so must a replayed one (it copies the buffer when the
+    # backward runs, not when the forward did).
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    buf = np.zeros((32, 8), np.float32)
+    x = torch.from_numpy(buf)
+    out = []
+    for i in range(steps):
+        buf[:] = rng.standard_normal(buf.shape, dtype=np.float32)
+        loss = model(x).pow(2).mean()
+        buf *= 0.5
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(loss.item())
+    return out, params(model)
+
+
 def sliced_batches(steps):
     # Batches sliced from one dataset tensor at a new offset each step: the
     # backward reads the saved input (for the weight's gradient) and the
@@ -256,7 +280,8 @@ def hooked_backward(steps):
 
 SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_update_and_clip, lbfgs,
                                      two_models, checkpoint, reused_numpy_buffer,
-                                     scheduled_loss_scale, sliced_batches, hooked_backward)}
+                                     scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
+                                     hooked_backward)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -272,7 +297,8 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
 
 @pytest.mark.parametrize("scenario", ["item_and_print", "numpy_between", "manual_update_and_clip",
                                       "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer",
-                                      "scheduled_loss_scale", "sliced_batches", "hooked_backward"])
+                                      "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
+                                      "hooked_backward"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -295,7 +321,8 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     # gradient times it becomes float64) that changes at step 8.
     # sliced_batches: the tensors the backward reads move through their
     # storage; the segment names them relative to the forward's.
-    if scenario in ("item_and_print", "checkpoint", "two_models", "scheduled_loss_scale", "sliced_batches"):
+    if scenario in ("item_and_print", "checkpoint", "two_models", "scheduled_loss_scale", "sliced_batches",
+                    "reused_numpy_buffer", "numpy_written_before_backward"):
         assert result["coexec"]["backward_replayed"] > 0, result
     if scenario == "hooked_backward":
         assert result["coexec"]["backward_replayed"] == 0, result
