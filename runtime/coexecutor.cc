@@ -865,18 +865,29 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
       if (src.index >= r.slot_args.size()) return false;
       e.slot = r.slot_args[src.index];
     } else {
+      // The argument as this forward held it; fed by value this time exactly
+      // where it was when the segment was learned (else the Work holds the
+      // forward's copy, or the program's memory itself).
       const bool fed = src.kind == ExternalSource::kFed;
+      const ForwardRecord::Held* match = nullptr;
+      bool fed_now = false;
       for (const ForwardRecord::Held& held : r.held) {
-        if (held.arg != src.index || held.element != src.element || held.fed != fed) continue;
-        if (fed) {
-          // As it is now, as the op-by-op backward would copy it.
-          e.storage = CopyNow(held.layout.On(held.storage)).storage();
-        } else {
-          e.storage = held.storage;
-          e.offset = held.offset;
-        }
+        if (held.arg != src.index || held.element != src.element) continue;
+        fed_now = fed_now || held.fed;
+        if (held.fed == fed) match = &held;
       }
-      if (!e.storage) return false;
+      if (match == nullptr || fed_now != fed) return false;
+      if (fed) {
+        // As it is now, as the op-by-op backward would copy it; unless a
+        // queued Work writes it (`x.add_(1)` between forward and backward):
+        // then only the executor's order gives eager's value.
+        at::Tensor program_tensor = match->layout.On(match->storage);
+        if (executor_.MayBeQueued(program_tensor)) return false;
+        e.storage = CopyNow(program_tensor).storage();
+      } else {
+        e.storage = match->storage;
+        e.offset = match->offset;
+      }
     }
   }
   const BackwardSegment& segment = *learned.segment;
