@@ -66,9 +66,20 @@ def params(*models):
     return [p.detach().clone() for m in models for p in m.parameters()]
 
 
+def train_step(opt, loss, out):
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out.append(loss.item())
+
+
+def small_mlp(outputs=1):
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, outputs))
+
+
 def item_and_print(steps):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    model = small_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     out = []
     for i in range(steps):
@@ -190,10 +201,7 @@ def reused_numpy_buffer(steps):
     for i in range(steps):
         buf[:] = rng.standard_normal(buf.shape, dtype=np.float32)
         loss = model(x[:, :]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(model)
 
 
@@ -202,17 +210,14 @@ def scheduled_loss_scale(steps):
     # multiplies by it (MulBackward keeps the scalar), so a backward segment
     # learned with the old value must not be replayed with it.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    model = small_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     out = []
     for i in range(steps):
         x = torch.randn(8, 4)
         scale = 0.5 if i < 8 else 3.0
         loss = model(x).pow(2).mean() * scale
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(model)
 
 
@@ -233,10 +238,7 @@ def numpy_written_before_backward(steps):
         buf[:] = rng.standard_normal(buf.shape, dtype=np.float32)
         loss = model(x).pow(2).mean()
         buf *= 0.5
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(model)
 
 
@@ -246,23 +248,20 @@ def sliced_batches(steps):
     # targets (nll_loss keeps them) at a new place in the same storage.
     torch.manual_seed(0)
     data, labels = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    model = small_mlp(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     out = []
     for i in range(steps):
         pos = (i * 4) % 56
         loss = nn.functional.cross_entropy(model(data[pos:pos + 8]), labels[pos:pos + 8])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(model)
 
 
 def hooked_backward(steps):
     # A tensor hook runs Python in the backward: never replayed as a segment.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    model = small_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     seen = []
     out = []
@@ -271,10 +270,7 @@ def hooked_backward(steps):
         h = model[0](x)
         h.register_hook(lambda g: seen.append(1) or g * 2)
         loss = model[2](model[1](h)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out + [len(seen)], params(model)
 
 
