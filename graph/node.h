@@ -89,7 +89,7 @@ class ArgsEncoder {
   // part of the encoding): co-execution replays a backward segment only
   // while the forward ops' fed values are those it was learned with.
   ArgsEncoder& Fed(Tag kind, uint64_t value_bits) {
-    fed_hash_ = ((fed_hash_ ^ value_bits) + 1) * 0x9e3779b97f4a7c15ull;
+    fed_hash_ = CombineWord(fed_hash_, value_bits);
     return Fed(kind);
   }
   // 0: no fed value since Clear.

@@ -102,6 +102,11 @@ class HashWriter {
   uint64_t length_ = 0;
 };
 
+// One word folded into a running 64-bit combination (0 to start; order
+// matters). For hashes of values that are not a byte stream (HashWriter is
+// for those) and never leave the process.
+inline uint64_t CombineWord(uint64_t h, uint64_t word) { return ((h ^ word) + 1) * HashWriter::kMultiplier; }
+
 class ByteReader {
  public:
   explicit ByteReader(std::string_view in) : in_(in) {}

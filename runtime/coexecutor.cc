@@ -4,13 +4,14 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string_view>
 #include <utility>
 
 #include "graph/wire.h"
+#include "runtime/op_arguments.h"
 
 namespace terra::runtime {
 namespace {
@@ -30,25 +31,8 @@ bool MetadataMutating(const std::string& name) {
   return false;
 }
 
-constexpr uint64_t kMix = graph::HashWriter::kMultiplier;
-
-uint64_t Mix(uint64_t h, uint64_t v) { return ((h ^ v) + 1) * kMix; }
-
 bool AnyRequiresGrad(c10::ArrayRef<c10::IValue> inputs) {
-  for (const c10::IValue& v : inputs) {
-    if (v.isTensor()) {
-      if (v.toTensor().defined() && v.toTensor().requires_grad()) return true;
-    } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorList()) {
-        if (t.defined() && t.requires_grad()) return true;
-      }
-    } else if (v.isList()) {
-      for (const c10::IValue& e : v.toList()) {
-        if (e.isTensor() && e.toTensor().defined() && e.toTensor().requires_grad()) return true;
-      }
-    }
-  }
-  return false;
+  return !ForEachTensorArgument(inputs, [](const at::Tensor& t, uint32_t, int32_t) { return !t.requires_grad(); });
 }
 
 // A recorded non-tensor argument into a segment's content hash (tensors, and
@@ -60,10 +44,7 @@ void HashValue(const c10::IValue& v, graph::HashWriter& h) {
   } else if (v.isInt()) {
     h.I64(v.toInt());
   } else if (v.isDouble()) {
-    const double d = v.toDouble();
-    uint64_t bits;
-    std::memcpy(&bits, &d, sizeof bits);
-    h.U64(bits);
+    h.U64(std::bit_cast<uint64_t>(v.toDouble()));
   } else if (v.isString()) {
     h.Bytes(v.toStringRef());
   } else if (v.isDevice()) {
@@ -76,10 +57,8 @@ void HashValue(const c10::IValue& v, graph::HashWriter& h) {
     for (const c10::IValue& e : list) HashValue(e, h);
   } else if (v.isComplexDouble()) {
     const c10::complex<double> c = v.toComplexDouble();
-    uint64_t bits[2];
-    std::memcpy(bits, &c, sizeof bits);
-    h.U64(bits[0]);
-    h.U64(bits[1]);
+    h.U64(std::bit_cast<uint64_t>(c.real()));
+    h.U64(std::bit_cast<uint64_t>(c.imag()));
   }
 }
 
@@ -115,6 +94,10 @@ CoExecutor::CoExecutor(const graph::TraceGraph* graph, OpLocator* locator, Recor
       segments_enabled_(!synchronous && [] {
         const char* v = std::getenv("TERRA_BACKWARD_SEGMENTS");
         return v == nullptr || std::string_view(v) != "0";
+      }()),
+      debug_segments_([] {
+        const char* v = std::getenv("TERRA_DEBUG_SEGMENTS");
+        return v == nullptr ? 0 : std::string_view(v) == "2" ? 2 : 1;
       }()),
       memory_(learned != nullptr ? std::move(learned) : std::make_shared<BackwardMemory>()) {
   if (segments_enabled_) executor_.set_commit_observer([this](const Work& work) { OnCommit(work); });
@@ -241,23 +224,9 @@ bool CoExecutor::OutsQueueable(const OpKind& kind, const graph::GraphNode& node,
 }
 
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
-  auto ready = [&](const at::Tensor& t) {
-    return !t.defined() || (SlotOf(t) == nullptr && !executor_.MayBeQueued(t));
-  };
-  for (const c10::IValue& v : inputs) {
-    if (v.isTensor()) {
-      if (!ready(v.toTensor())) return false;
-    } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorList()) {
-        if (!ready(t)) return false;
-      }
-    } else if (v.isList()) {
-      for (const c10::IValue& e : v.toList()) {
-        if (e.isTensor() && !ready(e.toTensor())) return false;
-      }
-    }
-  }
-  return true;
+  return ForEachTensorArgument(inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
+    return SlotOf(t) == nullptr && !executor_.MayBeQueued(t);
+  });
 }
 
 void CoExecutor::OnOp(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
@@ -352,12 +321,12 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
   }
   if (segments_enabled_) {
     ++op_ordinal_;
-    path_hash_ = Mix(path_hash_, static_cast<uint64_t>(validator_.position()) + 1);
+    path_hash_ = graph::CombineWord(path_hash_, static_cast<uint64_t>(validator_.position()) + 1);
     if (const uint64_t fed = validator_.last_fed_hash();
         fed != 0 && at::GradMode::is_enabled() && AnyRequiresGrad(inputs)) {
       // A fed value of an op that recorded an autograd function: its
       // backward function may have kept it (a scale, a slice's bounds).
-      fed_hash_ = Mix(fed_hash_, fed);
+      fed_hash_ = graph::CombineWord(fed_hash_, fed);
     }
   }
   const graph::GraphNode& node = graph_->node(validator_.position());
@@ -505,24 +474,10 @@ void CoExecutor::Record(const Work& work) {
   ForwardRecord& r = records_[records_used_++];
   for (const FutureOutput& out : work.futures) r.outputs.push_back(out.slot.lock());
   for (const SlotArgument& a : work.slot_args) r.slot_args.push_back(a.slot);
-  auto held = [&](const at::Tensor& t, uint32_t arg, int32_t element) {
-    if (t.defined() && t.has_storage()) r.held.push_back({arg, element, t.storage(), t.storage_offset(), false, {}});
-  };
-  for (uint32_t i = 0; i < work.inputs.size(); ++i) {
-    const c10::IValue& v = work.inputs[i];
-    if (v.isTensor()) {
-      held(v.toTensor(), i, -1);
-    } else if (v.isTensorList()) {
-      const c10::List<at::Tensor> list = v.toTensorList();
-      for (size_t j = 0; j < list.size(); ++j) held(list.get(j), i, static_cast<int32_t>(j));
-    } else if (v.isList()) {
-      const c10::List<c10::IValue> list = v.toList();
-      for (size_t j = 0; j < list.size(); ++j) {
-        const c10::IValue e = list.get(j);
-        if (e.isTensor()) held(e.toTensor(), i, static_cast<int32_t>(j));
-      }
-    }
-  }
+  ForEachTensorArgument(work.inputs, [&](const at::Tensor& t, uint32_t arg, int32_t element) {
+    if (t.has_storage()) r.held.push_back({arg, element, t.storage(), t.storage_offset(), false, {}});
+    return true;
+  });
   for (const Work::FedInput& f : work.fed) r.held.push_back({f.arg, f.element, f.storage, f.layout.offset, true, f.layout});
 }
 
@@ -551,9 +506,6 @@ void CoExecutor::Capture(const Work& work) {
   BackwardSegment& segment = *l.learned.segment;
   const uint32_t index = static_cast<uint32_t>(segment.ops.size());
   SegmentOp op{*work.op, work.location, {}, {}, {}, {}};
-  auto written = [&](uint32_t i) {
-    return i < 64 ? (work.written_args >> i & 1) != 0 : work.written_args == ~uint64_t{0};
-  };
   graph::HashWriter& h = l.content;
   h.U64(reinterpret_cast<uintptr_t>(&work.op->operator_name()));
   h.U64(reinterpret_cast<uintptr_t>(work.location));
@@ -599,7 +551,7 @@ void CoExecutor::Capture(const Work& work) {
     }
     if (it == last) {
       l.failed = "the backward reads a tensor the forward's co-executed ops did not";
-      if (std::getenv("TERRA_DEBUG_SEGMENTS") != nullptr) {
+      if (debug_segments_ > 0) {
         std::fprintf(stderr, "terra: %s reads a tensor of sizes %s at offset %lld no forward op held there\n",
                      work.op->operator_name().name.c_str(), c10::str(t.sizes()).c_str(),
                      static_cast<long long>(t.storage_offset()));
@@ -609,7 +561,7 @@ void CoExecutor::Capture(const Work& work) {
     SegmentArgument a;
     a.arg = arg;
     a.element = element;
-    a.written = written(arg);
+    a.written = work.Writes(arg);
     a.layout = TensorLayout::Of(t);
     a.layout.offset = 0;  // where the naming tensor starts this time (SegmentExternal::offset)
     external(a, it->second.source);
@@ -658,7 +610,7 @@ void CoExecutor::Capture(const Work& work) {
     SegmentArgument a;
     a.arg = sa.arg;
     a.element = sa.element;
-    a.written = written(sa.arg);
+    a.written = work.Writes(sa.arg);
     a.layout = sa.layout;
     if (auto it = l.value_of_slot.find(sa.slot.get()); it != l.value_of_slot.end()) {
       a.value = it->second;
@@ -685,7 +637,7 @@ void CoExecutor::Capture(const Work& work) {
     h.U32(id);
     h.U64(graph::MetasHash({*out.meta}));
   }
-  if (const char* debug = std::getenv("TERRA_DEBUG_SEGMENTS"); debug != nullptr && debug[0] == '2') {
+  if (debug_segments_ > 1) {
     // Each captured op and the content hash so far: diff two learnings to
     // see where they disagree.
     std::fprintf(stderr, "terra: segment op %u %s content %llx\n", index, op.op.operator_name().name.c_str(),
@@ -705,12 +657,13 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
     NoteNotReplayed(walk.why);
     return BackwardStart::kNotTaken;
   }
-  const uint64_t key = Mix(Mix(Mix(path_hash_, walk.signature), fed_hash_),
-                           static_cast<uint64_t>(validator_.position()) + 1);
-  if (std::getenv("TERRA_DEBUG_SEGMENTS") != nullptr) {
+  uint64_t key = graph::CombineWord(path_hash_, walk.signature);
+  key = graph::CombineWord(key, fed_hash_);
+  key = graph::CombineWord(key, static_cast<uint64_t>(validator_.position()) + 1);
+  if (debug_segments_ > 0) {
     std::fprintf(stderr, "terra: backward path %llx graph %llx fed %llx at %u record_all %d\n",
-                 (unsigned long long)path_hash_, (unsigned long long)walk.signature,
-                 (unsigned long long)fed_hash_, validator_.position(), (int)record_all_);
+                 static_cast<unsigned long long>(path_hash_), static_cast<unsigned long long>(walk.signature),
+                 static_cast<unsigned long long>(fed_hash_), validator_.position(), record_all_ ? 1 : 0);
   }
   auto it = memory_->by_key.find(key);
   if (it != memory_->by_key.end() && it->second.ready) {
@@ -772,7 +725,7 @@ void CoExecutor::BackwardEnd(bool completed) {
     entry.segment.reset();
     NoteNotReplayed(why);
   };
-  if (std::getenv("TERRA_DEBUG_SEGMENTS") != nullptr) {
+  if (debug_segments_ > 0) {
     std::fprintf(stderr, "terra: learned %zu ops, %zu externals, failed: %s\n", l.learned.segment->ops.size(),
                  l.externals.size(), l.failed != nullptr ? l.failed : "no");
   }

@@ -270,6 +270,9 @@ class CoExecutor final : public OpObserver {
   // path, fed values of ops that recorded autograd functions), the forward
   // Works' records, the learned segments by key.
   const bool segments_enabled_;
+  // TERRA_DEBUG_SEGMENTS: 1 prints each backward's key and learning, 2 also
+  // each captured op (0: quiet).
+  const int debug_segments_;
   uint32_t op_ordinal_ = 0;
   uint64_t path_hash_ = 0;
   uint64_t fed_hash_ = 0;

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "runtime/base/check.h"
+#include "runtime/op_arguments.h"
 
 namespace terra::runtime {
 namespace {
@@ -223,22 +224,19 @@ uint64_t Executor::WrittenArguments(const c10::OperatorHandle& op) {
 
 void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
   work.written_args = WrittenArguments(*work.op);
-  auto written = [&](uint32_t i) {
-    return i < 64 ? (work.written_args >> i & 1) != 0 : work.written_args == ~uint64_t{0};
-  };
   // Inputs from Python are fed by value: memory the program can write
   // behind ATen's back is copied now, unless the op writes it or a queued
   // Work already holds it (then the executor's program order decides, as
   // for any ordinary memory).
   auto fed = [&](const at::Tensor& t, uint32_t i) {
-    return !synchronous_ && ForeignMemory(t) && !written(i) && !MayBeQueued(t);
+    return !synchronous_ && ForeignMemory(t) && !work.Writes(i) && !MayBeQueued(t);
   };
   // What the Work holds in place of `t`: nothing new for ordinary memory
   // (held as given, and noted), an undefined placeholder for a future's
   // memory (its SlotArgument), a copy for memory fed by value.
   auto adopt = [&](const at::Tensor& t, uint32_t i, int32_t element) -> std::optional<at::Tensor> {
     if (Slot* slot = SlotOf(t)) {
-      if (written(i)) slot->SetWriter(id_, seq);
+      if (work.Writes(i)) slot->SetWriter(id_, seq);
       work.slot_args.push_back(SlotArgumentOf(t, slot, i, element));
       return at::Tensor();
     }
@@ -434,19 +432,23 @@ Work& Executor::Next() {
   return ring_[head & (kRing - 1)];
 }
 
+void Executor::TakeArguments(Work& work, uint64_t seq) {
+  if (work.segment) {
+    NoteSegmentExternals(work, seq);
+  } else {
+    TakeSlotArguments(work, seq);
+  }
+  if (commit_observer_) {
+    commit_observer_(work);
+    work.fed.clear();
+  }
+}
+
 void Executor::Commit() {
   ++submitted_;
   if (synchronous_) {
     Work& work = ring_[0];
-    if (work.segment) {
-      NoteSegmentExternals(work, 0);
-    } else {
-      TakeSlotArguments(work, 0);
-    }
-    if (commit_observer_) {
-      commit_observer_(work);
-      work.fed.clear();
-    }
+    TakeArguments(work, 0);
     referenced_.clear();  // it runs now
     if (!error_) {
       const double start = Now();
@@ -464,16 +466,7 @@ void Executor::Commit() {
     return;
   }
   const uint64_t head = head_.load(std::memory_order_relaxed);
-  Work& work = ring_[head & (kRing - 1)];
-  if (work.segment) {
-    NoteSegmentExternals(work, head);
-  } else {
-    TakeSlotArguments(work, head);
-  }
-  if (commit_observer_) {
-    commit_observer_(work);
-    work.fed.clear();
-  }
+  TakeArguments(ring_[head & (kRing - 1)], head);
   head_.store(head + 1);  // seq_cst: ordered before the parked check below
   if (executor_parked_.load()) {
     { std::lock_guard<std::mutex> lock(mu_); }  // the executor is waiting or will see head_
@@ -513,17 +506,10 @@ uint64_t Executor::WrittenBy(const at::Tensor& t) const {
 
 void Executor::AwaitValues(c10::ArrayRef<c10::IValue> values) {
   uint64_t needed = 0;
-  for (const c10::IValue& v : values) {
-    if (v.isTensor()) {
-      needed = std::max(needed, WrittenBy(v.toTensor()));
-    } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorList()) needed = std::max(needed, WrittenBy(t));
-    } else if (v.isList()) {
-      for (const c10::IValue& e : v.toList()) {
-        if (e.isTensor()) needed = std::max(needed, WrittenBy(e.toTensor()));
-      }
-    }
-  }
+  ForEachTensorArgument(values, [&](const at::Tensor& t, uint32_t, int32_t) {
+    needed = std::max(needed, WrittenBy(t));
+    return true;
+  });
   uint64_t done = 1;
   if (!synchronous_) {
     done = tail_.load();

@@ -121,6 +121,7 @@ struct Work {
   // thread to the layout the node recorded.
   std::vector<std::pair<c10::intrusive_ptr<Slot>, const graph::TensorMeta*>> fresh;
   uint64_t written_args = 0;  // filled by Commit: bit i, the op writes argument i
+  bool Writes(uint32_t arg) const { return arg < 64 ? (written_args >> arg & 1) != 0 : written_args == ~uint64_t{0}; }
   // A replayed backward segment instead of an op: its externals by index,
   // and which of its values go to which of `futures` (value id, index).
   std::shared_ptr<const BackwardSegment> segment;
@@ -261,6 +262,9 @@ class Executor {
   // 1 + the sequence number of the last submitted Work that writes `t`'s
   // memory (0: none).
   uint64_t WrittenBy(const at::Tensor& t) const;
+  // At Commit, the Work being `seq`: its slot arguments (or a segment's
+  // externals) noted, then the commit observer.
+  void TakeArguments(Work& work, uint64_t seq);
   void TakeSlotArguments(Work& work, uint64_t seq);
   // Bit i: the op's schema says it writes argument i (all bits past 63).
   uint64_t WrittenArguments(const c10::OperatorHandle& op);

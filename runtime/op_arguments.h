@@ -148,6 +148,32 @@ void EncodeArguments(c10::ArrayRef<c10::IValue> inputs, const ArgumentPolicy& po
   }
 }
 
+// Calls fn(tensor, argument index, list element or -1) for each defined
+// tensor among an op's arguments (a Tensor, a Tensor[], a Tensor?[]), in
+// order, until fn returns false; returns whether it never did.
+template <typename Fn>
+bool ForEachTensorArgument(c10::ArrayRef<c10::IValue> inputs, Fn&& fn) {
+  for (uint32_t i = 0; i < inputs.size(); ++i) {
+    const c10::IValue& v = inputs[i];
+    if (v.isTensor()) {
+      if (v.toTensor().defined() && !fn(v.toTensor(), i, -1)) return false;
+    } else if (v.isTensorList()) {
+      const c10::List<at::Tensor> list = v.toTensorList();
+      for (size_t j = 0; j < list.size(); ++j) {
+        const at::Tensor t = list.get(j);
+        if (t.defined() && !fn(t, i, static_cast<int32_t>(j))) return false;
+      }
+    } else if (v.isList()) {
+      const c10::List<c10::IValue> list = v.toList();
+      for (size_t j = 0; j < list.size(); ++j) {
+        const c10::IValue e = list.get(j);
+        if (e.isTensor() && e.toTensor().defined() && !fn(e.toTensor(), i, static_cast<int32_t>(j))) return false;
+      }
+    }
+  }
+  return true;
+}
+
 // Sizes and strides where the tensor has plain ones; nested tensors and
 // tensors with symbolic or policy-controlled sizes are identified by dtype
 // and device alone.

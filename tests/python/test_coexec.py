@@ -73,14 +73,15 @@ def train_step(opt, loss, out):
     out.append(loss.item())
 
 
-def small_mlp(outputs=1):
-    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, outputs))
+def seeded_mlp(inputs=4, outputs=1, momentum=0.0):
+    # Seeds first: the same weights in the eager run and the co-executed one.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(inputs, 16), nn.Tanh(), nn.Linear(16, outputs))
+    return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
 
 
 def item_and_print(steps):
-    torch.manual_seed(0)
-    model = small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model, opt = seeded_mlp(momentum=0.9)
     out = []
     for i in range(steps):
         x = torch.randn(8, 4)
@@ -209,9 +210,7 @@ def scheduled_loss_scale(steps):
     # A Python float that scales the loss changes at step 8: the backward
     # multiplies by it (MulBackward keeps the scalar), so a backward segment
     # learned with the old value must not be replayed with it.
-    torch.manual_seed(0)
-    model = small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, opt = seeded_mlp()
     out = []
     for i in range(steps):
         x = torch.randn(8, 4)
@@ -227,10 +226,8 @@ def numpy_written_before_backward(steps):
     # layer's weight gradient reads the saved input: eager's backward sees the
     # new values, and so must a replayed one (it copies the buffer when the
     # backward runs, not when the forward did).
-    torch.manual_seed(0)
+    model, opt = seeded_mlp(inputs=8)
     rng = np.random.default_rng(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
     buf = np.zeros((32, 8), np.float32)
     x = torch.from_numpy(buf)
     out = []
@@ -246,10 +243,8 @@ def sliced_batches(steps):
     # Batches sliced from one dataset tensor at a new offset each step: the
     # backward reads the saved input (for the weight's gradient) and the
     # targets (nll_loss keeps them) at a new place in the same storage.
-    torch.manual_seed(0)
+    model, opt = seeded_mlp(outputs=3)
     data, labels = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    model = small_mlp(3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
     out = []
     for i in range(steps):
         pos = (i * 4) % 56
@@ -260,9 +255,7 @@ def sliced_batches(steps):
 
 def hooked_backward(steps):
     # A tensor hook runs Python in the backward: never replayed as a segment.
-    torch.manual_seed(0)
-    model = small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, opt = seeded_mlp()
     seen = []
     out = []
     for i in range(steps):
