@@ -105,6 +105,23 @@ def _library_prefixes():
     return [torch_dir, terra_dir, stdlib]
 
 
+_backward_calls = threading.local()  # .stack: callback lists of the patched backwards running here
+
+
+def queue_backward_callback(callback):
+    """Runs ``callback()`` when the ``loss.backward()`` running on this thread ends, as
+    ``Variable._execution_engine.queue_callback`` does, but from Terra's backward
+    wrapper, in every phase alike: so a replayed backward (no engine runs) ends the
+    same way, and the callback's ops are located the same way whichever phase runs
+    them. False where no patched backward runs on this thread (no session; another
+    thread; ``torch.autograd.grad``): use the engine's queue then."""
+    stack = getattr(_backward_calls, "stack", None)
+    if not stack:
+        return False
+    stack[-1].append(callback)
+    return True
+
+
 class _BackwardPatch:
     """``torch.autograd.backward`` (which ``Tensor.backward`` calls) while a session lives.
 
@@ -113,6 +130,8 @@ class _BackwardPatch:
     op, on the same forward path and autograd graph), the executor replays them as one
     segment and the autograd engine does not run on the program's thread at all
     (docs/coexecution.md, "The backward as one unit"). Anything else runs as usual.
+    Callbacks queued through ``queue_backward_callback`` (DDP's end of backward) run
+    after either, from one call site.
     """
 
     def __init__(self, session):
@@ -121,6 +140,21 @@ class _BackwardPatch:
 
         def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False,
                      grad_variables=None, inputs=None):
+            callbacks = []
+            stack = getattr(_backward_calls, "stack", None)
+            if stack is None:
+                stack = _backward_calls.stack = []
+            stack.append(callbacks)
+            try:
+                result = _run(tensors, grad_tensors, retain_graph, create_graph,
+                              grad_variables, inputs)
+            finally:
+                stack.pop()
+            for callback in callbacks:
+                callback()
+            return result
+
+        def _run(tensors, grad_tensors, retain_graph, create_graph, grad_variables, inputs):
             start = None
             if (session.phase == "coexec" and session.active and isinstance(tensors, torch.Tensor)
                     and grad_tensors is None and grad_variables is None and not retain_graph

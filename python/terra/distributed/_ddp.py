@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from terra import _C
+from terra import _C, _tracing
 from terra.distributed import _collectives
 from terra.distributed import _group
 
@@ -233,7 +233,10 @@ class DistributedDataParallel(torch.nn.Module):
     def _mark_ready(self, index, param):
         if not self._callback_queued:
             self._callback_queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
+            # Terra's backward wrapper runs it where one runs (a replayed
+            # backward has no engine to queue on); else the engine does.
+            if not _tracing.queue_backward_callback(self._finish_backward):
+                torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
         if self._ready[index]:
             # A parameter's gradient accumulated twice in one backward (a
             # reentrant backward): its bucket may be reduced already.
