@@ -17,11 +17,12 @@
 
 namespace terra::runtime {
 
-BackwardContext CurrentBackward() {
-  // An intrusive_ptr in PyTorch 2.15, a raw pointer in older releases; both
-  // test and dereference alike.
-  auto node = torch::autograd::get_current_node();
-  if (!node) return {};
+namespace {
+
+thread_local torch::autograd::Node* named_function = nullptr;  // ScopedBackwardFunction's
+DeferrableHookCheck deferrable_hook_check = nullptr;
+
+BackwardContext ContextOf(torch::autograd::Node* node) {
   BackwardContext ctx;
   ctx.active = true;
   ctx.sequence_nr = node->sequence_nr();
@@ -37,6 +38,31 @@ BackwardContext CurrentBackward() {
     }
   }
   return ctx;
+}
+
+}  // namespace
+
+BackwardContext CurrentBackward() {
+  if (named_function != nullptr) return ContextOf(named_function);
+  // An intrusive_ptr in PyTorch 2.15, a raw pointer in older releases; both
+  // test and dereference alike.
+  auto node = torch::autograd::get_current_node();
+  if (!node) return {};
+  return ContextOf(&*node);
+}
+
+ScopedBackwardFunction::ScopedBackwardFunction(void* node) : previous_(named_function) {
+  named_function = static_cast<torch::autograd::Node*>(node);
+}
+
+ScopedBackwardFunction::~ScopedBackwardFunction() {
+  named_function = static_cast<torch::autograd::Node*>(previous_);
+}
+
+void SetDeferrableHookCheck(DeferrableHookCheck check) { deferrable_hook_check = check; }
+
+void RunPostAccumulateGradHooks(const at::Tensor& leaf) {
+  if (auto& hook = torch::autograd::impl::post_acc_grad_hooks(leaf)) (*hook)(leaf);
 }
 
 uint64_t NextSequenceNr() { return at::sequence_number::peek(); }
@@ -105,14 +131,18 @@ AutogradGraphWalk WalkAutogradGraph(const at::Tensor& root) {
     h.U32(node->num_inputs());
     if (auto* acc = dynamic_cast<torch::autograd::AccumulateGrad*>(node)) {
       const at::Tensor& leaf = acc->variable;
-      if (torch::autograd::impl::post_acc_grad_hooks(leaf) != nullptr) {
+      const bool hooked = torch::autograd::impl::post_acc_grad_hooks(leaf) != nullptr;
+      if (hooked && (deferrable_hook_check == nullptr || !deferrable_hook_check(leaf))) {
         walk.why = "a hook";
         return walk;
       }
       const bool had = leaf.grad().defined();
       h.U8(had ? 1 : 0);
+      h.U8(hooked ? 1 : 0);
       walk.leaves.push_back(leaf);
+      walk.leaf_functions.push_back(node);
       walk.leaf_had_grad.push_back(had ? 1 : 0);
+      walk.leaf_hooked.push_back(hooked ? 1 : 0);
     }
     const auto& edges = node->next_edges();
     h.U32(static_cast<uint32_t>(edges.size()));

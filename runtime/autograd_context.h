@@ -25,8 +25,33 @@ struct BackwardContext {
   const void* accumulates_into = nullptr;
 };
 
-// The backward function the autograd engine is evaluating on this thread.
+// The backward function the autograd engine is evaluating on this thread
+// (or the one a ScopedBackwardFunction names).
 BackwardContext CurrentBackward();
+
+// While it lives, CurrentBackward() on this thread names `node` (a
+// torch::autograd::Node* of a walked graph): a replayed backward runs a
+// leaf's gradient hooks as if its AccumulateGrad were evaluating, as the
+// engine does, so that their ops are located alike.
+class ScopedBackwardFunction {
+ public:
+  explicit ScopedBackwardFunction(void* node);
+  ~ScopedBackwardFunction();
+  ScopedBackwardFunction(const ScopedBackwardFunction&) = delete;
+  ScopedBackwardFunction& operator=(const ScopedBackwardFunction&) = delete;
+
+ private:
+  void* previous_;
+};
+
+// Post-accumulate-grad hooks a replayed backward may run itself, after the
+// ops it replayed up to the leaf's accumulation (terra.distributed's DDP
+// marks its own): the check, given the leaf, says whether all of its hooks
+// are such. Set once by the Python bindings; none set: no hook is.
+using DeferrableHookCheck = bool (*)(const at::Tensor& leaf);
+void SetDeferrableHookCheck(DeferrableHookCheck check);
+// Runs the leaf's post-accumulate-grad hooks, as AccumulateGrad does.
+void RunPostAccumulateGradHooks(const at::Tensor& leaf);
 
 // The sequence number the next backward function created on this thread will
 // get. Autograd creates an op's backward function just before the op's kernel
@@ -38,8 +63,9 @@ uint64_t NextSequenceNr();
 // of running the engine: docs/coexecution.md, "The backward as one unit").
 // The signature covers what decides the ops the engine issues and what it
 // writes: each function's type and edges, and whether each leaf has a
-// gradient already. Not eligible: a graph with hooks (Python or C++, on
-// functions or tensors, retain_grad, post-accumulate hooks), a custom
+// gradient already, and which leaves have deferrable hooks. Not eligible: a
+// graph with hooks (Python or C++, on functions or tensors, retain_grad,
+// post-accumulate hooks other than deferrable ones), a custom
 // function (Python code runs in its backward) or any function type outside
 // PyTorch's generated set, anomaly mode.
 struct AutogradGraphWalk {
@@ -48,7 +74,9 @@ struct AutogradGraphWalk {
   uint64_t signature = 0;
   std::vector<void*> nodes;           // torch::autograd::Node*, alive while root's graph is
   std::vector<at::Tensor> leaves;     // AccumulateGrad's variables, in walk order
+  std::vector<void*> leaf_functions;  // their AccumulateGrad functions
   std::vector<uint8_t> leaf_had_grad;
+  std::vector<uint8_t> leaf_hooked;   // the leaf has (deferrable) post-accumulate hooks
 };
 AutogradGraphWalk WalkAutogradGraph(const at::Tensor& root);
 // What the engine does to each function it ran when the graph is not

@@ -55,6 +55,7 @@ struct SegmentValue {
   size_t nbytes = 0;
   uint32_t last_use = 0;   // the last op that reads or writes it
   bool to_program = false; // the program gets it (a leaf's new gradient): never freed early
+  uint32_t produced_by = 0; // the op that produces it
 };
 
 struct BackwardSegment {

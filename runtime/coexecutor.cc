@@ -192,11 +192,16 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op) {
     if (stats_.first_divergence.empty()) stats_.first_divergence = what;
     if (debug) std::fprintf(stderr, "terra: divergence at %s\n", what.c_str());
   }
+  DivergeHere(op.operator_name().name, validator_.last_position());
+}
+
+void CoExecutor::DivergeHere(const std::string& what, graph::NodeIndex after) {
+  if (stats_.first_divergence.empty()) stats_.first_divergence = what;
   ++stats_.divergences;
   if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward left the TraceGraph";
   diverged_ = true;
-  diverged_after_ = validator_.last_position();
-  DrainAt(op.operator_name().name + " (fallback: left the TraceGraph)");
+  diverged_after_ = after;
+  DrainAt(what + " (fallback: left the TraceGraph)");
   executor_.RestoreProgramThreads();  // the rest of the iteration runs here
 }
 
@@ -359,7 +364,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     case Kind::kEager:
       // Runs here, on real inputs: everything before it must have run.
       ++stats_.eager;
-      if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward reads a value or runs an op eagerly";
+      FailLearning("the backward reads a value or runs an op eagerly");
       if (k == Kind::kFetch && !kind.writes) {
         // Reads only: waits for the ops that write its inputs, and the
         // executor goes on with the rest meanwhile.
@@ -377,7 +382,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
       if (kind.out_variant && !OutsQueueable(kind, node, inputs, &grow)) {
         // The out argument is resized: Python must see its new metadata.
         ++stats_.eager;
-        if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward resizes an out= argument";
+        FailLearning("the backward resizes an out= argument");
         DrainAt(op.operator_name().name + " (runs eagerly)");
         return false;
       }
@@ -387,7 +392,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
         // write that memory directly next (torch.tensor stores its data
         // right after the deterministic fill of its fresh allocation).
         ++stats_.eager;
-        if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward writes memory no Work holds";
+        FailLearning("the backward writes memory no Work holds");
         return false;
       }
       // Python gets the written arguments back, as eager returns them.
@@ -459,7 +464,7 @@ void CoExecutor::NoteNotReplayed(const char* why) {
 }
 
 void CoExecutor::OnCommit(const Work& work) {
-  if (learning_) {
+  if (learning_ && !learning_->in_hook) {
     Capture(work);
     return;
   }
@@ -630,7 +635,7 @@ void CoExecutor::Capture(const Work& work) {
       return;
     }
     const auto id = static_cast<uint32_t>(segment.values.size());
-    segment.values.push_back(SegmentValue{*out.meta, out.nbytes, index, false});
+    segment.values.push_back(SegmentValue{*out.meta, out.nbytes, index, false, index});
     l.value_of_slot[slot.get()] = id;
     l.slots.push_back(std::move(slot));
     op.outputs.push_back(id);
@@ -650,7 +655,7 @@ void CoExecutor::Capture(const Work& work) {
   segment.ops.push_back(std::move(op));
 }
 
-CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
+CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root, uint64_t hook_state) {
   if (!segments_enabled_ || diverged_ || learning_) return BackwardStart::kNotTaken;
   AutogradGraphWalk walk = WalkAutogradGraph(root);
   if (!walk.eligible) {
@@ -660,6 +665,7 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
   uint64_t key = graph::CombineWord(path_hash_, walk.signature);
   key = graph::CombineWord(key, fed_hash_);
   key = graph::CombineWord(key, static_cast<uint64_t>(validator_.position()) + 1);
+  key = graph::CombineWord(key, hook_state);
   if (debug_segments_ > 0) {
     std::fprintf(stderr, "terra: backward path %llx graph %llx fed %llx at %u record_all %d\n",
                  static_cast<unsigned long long>(path_hash_), static_cast<unsigned long long>(walk.signature),
@@ -683,6 +689,7 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root) {
   l.sequence_before = NextSequenceNr();
   l.learned.segment = std::make_shared<BackwardSegment>();
   l.walk = std::move(walk);
+  l.grad_first_hook.assign(l.walk.leaves.size(), UINT32_MAX);
   for (size_t i = 0; i < l.walk.leaves.size(); ++i) {
     const at::Tensor& grad = l.walk.leaves[i].grad();
     l.grads_before.push_back(grad.defined() ? grad.unsafeGetTensorImpl() : nullptr);
@@ -749,11 +756,24 @@ void CoExecutor::BackwardEnd(bool completed) {
     g.leaf = i;
     g.value = it->second;
     g.layout = TensorLayout::Of(grad);
+    g.hook = std::min<uint32_t>(l.grad_first_hook[i], static_cast<uint32_t>(learned.hooks.size()));
     segment.values[g.value].to_program = true;
     h.U32(g.leaf);
     h.U32(g.value);
+    h.U32(g.hook);
     HashLayout(g.layout, h);
     learned.new_grads.push_back(std::move(g));
+  }
+  for (const LearnedBackward::HookPoint& hp : learned.hooks) {
+    h.U32(hp.after_op);
+    h.U32(hp.leaf);
+    h.U8(hp.issued ? 1 : 0);
+    h.U32(hp.position_before);
+    h.U32(hp.position_after);
+    h.U64(hp.path_before);
+    h.U64(hp.path_after);
+    h.U32(hp.ordinal_before);
+    h.U32(hp.ordinal_after);
   }
   for (uint32_t id = 0; id < segment.values.size(); ++id) {
     if (!segment.values[id].to_program) segment.ops[segment.values[id].last_use].frees.push_back(id);
@@ -793,8 +813,54 @@ void CoExecutor::BackwardEnd(bool completed) {
   record_next_ = true;  // confirm it next time
 }
 
+void CoExecutor::HookBegin(const at::Tensor& leaf) {
+  if (!learning_ || diverged_) return;
+  Learning& l = *learning_;
+  if (l.in_hook) {
+    FailLearning("a gradient hook ran inside another");
+    return;
+  }
+  const auto& leaves = l.walk.leaves;
+  const auto found = std::find_if(leaves.begin(), leaves.end(), [&](const at::Tensor& t) {
+    return t.unsafeGetTensorImpl() == leaf.unsafeGetTensorImpl();
+  });
+  if (found == leaves.end()) {
+    FailLearning("a gradient hook of a tensor outside the backward's graph ran");
+    return;
+  }
+  const auto hook = static_cast<uint32_t>(l.learned.hooks.size());
+  // The leaves' new gradients so far: a replay sets them before this hook.
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    if (l.grad_first_hook[i] == UINT32_MAX && l.grads_before[i] == nullptr && leaves[i].grad().defined()) {
+      l.grad_first_hook[i] = hook;
+    }
+  }
+  LearnedBackward::HookPoint& hp = l.learned.hooks.emplace_back();
+  hp.after_op = static_cast<uint32_t>(l.learned.segment->ops.size());
+  hp.leaf = static_cast<uint32_t>(found - leaves.begin());
+  hp.position_before = validator_.position();
+  hp.path_before = path_hash_;
+  hp.ordinal_before = op_ordinal_;
+  hp.locator_before = locator_->SaveBackwardEnd();
+  l.fetches_before_hook = stats_.fetches;
+  l.in_hook = true;
+}
+
+void CoExecutor::HookEnd() {
+  if (!learning_ || !learning_->in_hook) return;
+  Learning& l = *learning_;
+  l.in_hook = false;
+  LearnedBackward::HookPoint& hp = l.learned.hooks.back();
+  hp.position_after = validator_.position();
+  hp.path_after = path_hash_;
+  hp.ordinal_after = op_ordinal_;
+  hp.issued = hp.ordinal_after != hp.ordinal_before || stats_.fetches != l.fetches_before_hook;
+}
+
 bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk) {
-  std::vector<SegmentExternal> externals(learned.externals.size());
+  auto run = std::make_shared<SegmentRun>();
+  std::vector<SegmentExternal>& externals = run->externals;
+  externals.resize(learned.externals.size());
   for (size_t i = 0; i < learned.externals.size(); ++i) {
     const ExternalSource& src = learned.externals[i];
     SegmentExternal& e = externals[i];
@@ -844,35 +910,94 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
     }
   }
   const BackwardSegment& segment = *learned.segment;
-  Work& work = executor_.Next();
-  work.segment = learned.segment;
-  work.externals = std::move(externals);
-  work.where = "loss.backward()";
-  std::vector<std::pair<uint32_t, at::Tensor>> grads;
-  std::vector<std::pair<uint32_t, at::Tensor>> futures;  // by value
-  for (const LearnedBackward::NewGrad& g : learned.new_grads) {
-    at::Tensor future;
-    for (const auto& [value, f] : futures) {
-      if (value == g.value) future = f;
+  const auto num_ops = static_cast<uint32_t>(segment.ops.size());
+  // The leaves' new gradients: futures of the piece that computes them, set
+  // on the leaves before the first hook that saw them in the learning.
+  std::vector<at::Tensor> grads(learned.new_grads.size());
+  std::vector<uint8_t> set(learned.new_grads.size(), 0);
+  uint32_t begin = 0;
+  auto commit_piece = [&](uint32_t end) {
+    if (end == begin) return;
+    Work& work = executor_.Next();
+    work.segment = learned.segment;
+    work.run = run;
+    work.segment_begin = begin;
+    work.segment_end = end;
+    work.where = "loss.backward()";
+    for (size_t n = 0; n < learned.new_grads.size(); ++n) {
+      const LearnedBackward::NewGrad& g = learned.new_grads[n];
+      const uint32_t producer = segment.values[g.value].produced_by;
+      if (producer < begin || producer >= end) continue;
+      at::Tensor future;
+      for (size_t m = 0; m < n; ++m) {
+        if (learned.new_grads[m].value == g.value) future = grads[m];
+      }
+      if (!future.defined()) {
+        work.futures.emplace_back();
+        future = executor_.NewFuture(segment.values[g.value].meta, &work.futures.back());
+        work.segment_futures.emplace_back(g.value, static_cast<uint32_t>(work.futures.size() - 1));
+      }
+      const TensorLayout& l = g.layout;
+      const bool as_future = future.sizes().equals(l.sizes) && future.strides().equals(l.strides) && l.offset == 0;
+      grads[n] = as_future ? future : l.On(future.storage());
     }
-    if (!future.defined()) {
-      work.futures.emplace_back();
-      future = executor_.NewFuture(segment.values[g.value].meta, &work.futures.back());
-      work.segment_futures.emplace_back(g.value, static_cast<uint32_t>(work.futures.size() - 1));
-      futures.emplace_back(g.value, future);
+    executor_.Commit();
+    ++stats_.submitted;
+    begin = end;
+    // Past a divergence the hooks' ops run eagerly: on real values.
+    if (diverged_) DrainAt("loss.backward() (fallback: left the TraceGraph)");
+  };
+  auto set_grads = [&](uint32_t hook) {
+    for (size_t n = 0; n < learned.new_grads.size(); ++n) {
+      const LearnedBackward::NewGrad& g = learned.new_grads[n];
+      if (set[n] != 0 || g.hook > hook) continue;
+      set[n] = 1;
+      walk.leaves[g.leaf].mutable_grad() = grads[n];
     }
-    const TensorLayout& l = g.layout;
-    const bool as_future = future.sizes().equals(l.sizes) && future.strides().equals(l.strides) && l.offset == 0;
-    grads.emplace_back(g.leaf, as_future ? future : l.On(future.storage()));
+  };
+  size_t next_hook = 0;
+  auto run_hooks = [&](size_t until) {
+    for (; next_hook < until; ++next_hook) {
+      const LearnedBackward::HookPoint& hp = learned.hooks[next_hook];
+      set_grads(static_cast<uint32_t>(next_hook));
+      // As the engine calls them: its AccumulateGrad evaluating, grad mode off.
+      ScopedBackwardFunction evaluating(walk.leaf_functions[hp.leaf]);
+      at::AutoGradMode no_grad(false);
+      RunPostAccumulateGradHooks(walk.leaves[hp.leaf]);
+    }
+  };
+  try {
+    for (size_t i = 0; i < learned.hooks.size(); ++i) {
+      const LearnedBackward::HookPoint& hp = learned.hooks[i];
+      if (!hp.issued) continue;
+      commit_piece(hp.after_op);
+      if (!diverged_) {
+        validator_.JumpTo(hp.position_before);
+        locator_->RestoreBackwardEnd(hp.locator_before);
+        path_hash_ = hp.path_before;
+        op_ordinal_ = hp.ordinal_before;
+      }
+      run_hooks(i + 1);
+      if (!diverged_ && (validator_.position() != hp.position_after || path_hash_ != hp.path_after)) {
+        DivergeHere("a gradient hook of a replayed backward (another path than learned)", validator_.position());
+      }
+    }
+    commit_piece(num_ops);
+    if (!diverged_) {
+      validator_.JumpTo(learned.end_position);
+      locator_->RestoreBackwardEnd(learned.locator_end);
+      path_hash_ = learned.path_after;
+      op_ordinal_ = learned.ordinal_after;
+    }
+    run_hooks(learned.hooks.size());
+  } catch (...) {
+    // A hook raised: the backward raises it, as the engine would; the rest
+    // of the iteration runs eagerly.
+    if (!diverged_) DivergeHere("a gradient hook of a replayed backward raised", validator_.position());
+    throw;
   }
-  executor_.Commit();
-  for (auto& [leaf, grad] : grads) walk.leaves[leaf].mutable_grad() = std::move(grad);
+  set_grads(UINT32_MAX);
   ReleaseSavedVariables(walk);
-  validator_.JumpTo(learned.end_position);
-  locator_->RestoreBackwardEnd(learned.locator_end);
-  path_hash_ = learned.path_after;
-  op_ordinal_ = learned.ordinal_after;
-  ++stats_.submitted;
   ++stats_.backward_replayed;
   stats_.backward_ops_replayed += segment.ops.size();
   return true;

@@ -124,8 +124,15 @@ class CoExecutor final : public OpObserver {
   // caller must run it (the engine, op by op) and then call BackwardEnd;
   // kNotTaken when the caller runs it as usual.
   enum class BackwardStart { kNotTaken, kReplayed, kLearning };
-  BackwardStart BackwardBegin(const at::Tensor& root);
+  // `hook_state`: a word from the owners of deferrable hooks (DDP's
+  // no_sync), part of the segment's key.
+  BackwardStart BackwardBegin(const at::Tensor& root, uint64_t hook_state = 0);
   void BackwardEnd(bool completed);
+  // A deferrable post-accumulate-grad hook of `leaf` starts / ends
+  // (terra._tracing's trampoline): while learning, its ops are validated and
+  // co-executed but not part of the segment, and where it ran is learned.
+  void HookBegin(const at::Tensor& leaf);
+  void HookEnd();
   bool diverged() const { return diverged_; }
   // This co-executor's counts, its executor's included.
   CoExecutionStats stats() const {
@@ -206,8 +213,28 @@ class CoExecutor final : public OpObserver {
       uint32_t leaf = 0;
       uint32_t value = 0;
       TensorLayout layout;  // the .grad AccumulateGrad made, on the value's memory
+      uint32_t hook = 0;    // the first hook call (index in hooks) that saw it; hooks.size(): none
     };
     std::vector<NewGrad> new_grads;
+    // The deferrable hooks the engine called, in order. A replay commits the
+    // segment in pieces that end where a hook validated ops or waited
+    // (`issued`), runs the hooks up to that one there, from the validator's,
+    // path's and locator's state the hook started with, and checks they end
+    // where they ended; a hook that issued nothing runs before the next one
+    // that does (or at the end).
+    struct HookPoint {
+      uint32_t after_op = 0;  // segment ops before it
+      uint32_t leaf = 0;      // walk leaf index
+      bool issued = false;
+      graph::NodeIndex position_before = graph::kEntry;
+      graph::NodeIndex position_after = graph::kEntry;
+      uint64_t path_before = 0;
+      uint64_t path_after = 0;
+      uint32_t ordinal_before = 0;
+      uint32_t ordinal_after = 0;
+      OpLocator::BackwardEnd locator_before;
+    };
+    std::vector<HookPoint> hooks;
     graph::NodeIndex end_position = graph::kEntry;
     OpLocator::BackwardEnd locator_end;
     uint64_t path_after = 0;
@@ -247,7 +274,19 @@ class CoExecutor final : public OpObserver {
     std::vector<ExternalSource> externals;  // by external index
     std::vector<uint8_t> external_written;
     graph::HashWriter content;
+    bool in_hook = false;
+    uint64_t fetches_before_hook = 0;
+    std::vector<uint32_t> grad_first_hook;  // by leaf: as NewGrad::hook
   };
+  // Marks the learning failed unless a deferrable hook runs (its ops are not
+  // the segment's).
+  void FailLearning(const char* why) {
+    if (learning_ && !learning_->in_hook && learning_->failed == nullptr) learning_->failed = why;
+  }
+  // Leaves the graph after node `after` (the last one followed): the rest of
+  // the iteration runs eagerly and is recorded. Diverge's, and a replayed
+  // backward's where a hook took another path than learned.
+  void DivergeHere(const std::string& what, graph::NodeIndex after);
   void OnCommit(const Work& work);
   void Record(const Work& work);
   void Capture(const Work& work);

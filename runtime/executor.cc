@@ -632,9 +632,11 @@ void Executor::Loop() {
 }
 
 void Executor::NoteSegmentExternals(Work& work, uint64_t seq) {
+  // Every piece notes every external: a read by the program waits for the
+  // last piece committed before it, which is where program order puts it.
   const BackwardSegment& segment = *work.segment;
-  for (size_t i = 0; i < work.externals.size(); ++i) {
-    SegmentExternal& e = work.externals[i];
+  for (size_t i = 0; i < work.run->externals.size(); ++i) {
+    SegmentExternal& e = work.run->externals[i];
     if (e.slot) {
       if (segment.external_written[i] != 0) e.slot->SetWriter(id_, seq);
     } else if (e.storage) {
@@ -645,16 +647,18 @@ void Executor::NoteSegmentExternals(Work& work, uint64_t seq) {
 
 void Executor::RunSegment(Work& work) {
   const BackwardSegment& segment = *work.segment;
-  std::vector<c10::Storage> values(segment.values.size());
+  std::vector<c10::Storage>& values = work.run->values;
+  if (values.empty()) values.resize(segment.values.size());
   c10::SmallVector<uint8_t, 16> lists_copied;
-  for (const SegmentOp& op : segment.ops) {
+  for (uint32_t index = work.segment_begin; index < work.segment_end; ++index) {
+    const SegmentOp& op = segment.ops[index];
     torch::jit::Stack stack = op.inputs;
     lists_copied.assign(stack.size(), 0);
     for (const SegmentArgument& a : op.tensors) {
       c10::Storage storage;
       int64_t shift = 0;
       if (a.external) {
-        const SegmentExternal& e = work.externals[a.value];
+        const SegmentExternal& e = work.run->externals[a.value];
         storage = e.slot ? e.slot->storage : e.storage;
         shift = e.offset;
       } else {

@@ -109,6 +109,14 @@ struct SegmentExternal {
   int64_t offset = 0;
 };
 
+// What the pieces of one replayed segment share: its externals by index
+// (set by the program's thread before the first piece is committed) and its
+// internal values in flight (the executor's only).
+struct SegmentRun {
+  std::vector<SegmentExternal> externals;
+  std::vector<c10::Storage> values;
+};
+
 struct Work {
   std::optional<c10::OperatorHandle> op;  // empty in an unused ring entry, and for a segment
   torch::jit::Stack inputs;
@@ -122,10 +130,14 @@ struct Work {
   std::vector<std::pair<c10::intrusive_ptr<Slot>, const graph::TensorMeta*>> fresh;
   uint64_t written_args = 0;  // filled by Commit: bit i, the op writes argument i
   bool Writes(uint32_t arg) const { return arg < 64 ? (written_args >> arg & 1) != 0 : written_args == ~uint64_t{0}; }
-  // A replayed backward segment instead of an op: its externals by index,
-  // and which of its values go to which of `futures` (value id, index).
+  // A replayed backward segment instead of an op: its ops [segment_begin,
+  // segment_end) (a replay runs in pieces where gradient hooks run between
+  // them), the state its pieces share, and which of its values go to which
+  // of `futures` (value id, index).
   std::shared_ptr<const BackwardSegment> segment;
-  std::vector<SegmentExternal> externals;
+  std::shared_ptr<SegmentRun> run;
+  uint32_t segment_begin = 0;
+  uint32_t segment_end = 0;
   std::vector<std::pair<uint32_t, uint32_t>> segment_futures;
   // Inputs fed by value (copied at Commit), with the program's tensor each
   // was copied from: filled only for the commit observer, and cleared right
@@ -149,7 +161,8 @@ struct Work {
     fresh.clear();
     written_args = 0;
     segment.reset();
-    externals.clear();
+    run.reset();
+    segment_begin = segment_end = 0;
     segment_futures.clear();
     fed.clear();
   }

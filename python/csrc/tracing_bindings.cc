@@ -4,6 +4,7 @@
 // does when the graph is stable, reports at exit.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -28,6 +29,28 @@ namespace py = pybind11;
 
 namespace terra::python {
 namespace {
+
+// Whether every post-accumulate-grad hook of `leaf` is a deferrable one
+// (terra._tracing.deferrable_post_accumulate_grad_hook marks its
+// trampolines). Python's hooks live in the tensor's
+// `_post_accumulate_grad_hooks` dict, which the engine's hook object calls.
+// Called by the autograd-graph walk, with the GIL held.
+bool AllHooksDeferrable(const at::Tensor& leaf) {
+  py::object tensor = py::reinterpret_steal<py::object>(THPVariable_Wrap(leaf));
+  if (!tensor) {
+    PyErr_Clear();
+    return false;
+  }
+  py::object hooks = py::getattr(tensor, "_post_accumulate_grad_hooks", py::none());
+  if (!PyDict_Check(hooks.ptr())) return false;
+  PyObject* key = nullptr;
+  PyObject* value = nullptr;
+  Py_ssize_t pos = 0;
+  while (PyDict_Next(hooks.ptr(), &pos, &key, &value)) {
+    if (PyObject_HasAttrString(value, "__terra_deferrable__") != 1) return false;
+  }
+  return true;
+}
 
 // A wait of the program's thread, with the GIL released if the thread holds
 // it: the executor thread may need the GIL to drop a tensor's last reference.
@@ -236,9 +259,9 @@ class Tracer {
   }
 
   bool CoexecActive() const { return coexec_ != nullptr; }
-  std::string CoexecBackwardBegin(const at::Tensor& root) {
+  std::string CoexecBackwardBegin(const at::Tensor& root, uint64_t hook_state) {
     if (!coexec_) return "not_taken";
-    switch (coexec_->BackwardBegin(root)) {
+    switch (coexec_->BackwardBegin(root, hook_state)) {
       case runtime::CoExecutor::BackwardStart::kReplayed:
         return "replayed";
       case runtime::CoExecutor::BackwardStart::kLearning:
@@ -250,6 +273,12 @@ class Tracer {
   }
   void CoexecBackwardEnd(bool completed) {
     if (coexec_) coexec_->BackwardEnd(completed);
+  }
+  void CoexecHookBegin(const at::Tensor& leaf) {
+    if (coexec_) coexec_->HookBegin(leaf);
+  }
+  void CoexecHookEnd() {
+    if (coexec_) coexec_->HookEnd();
   }
 
   // Whether every value the TraceGraph recorded lives on the CPU (the only
@@ -322,6 +351,7 @@ class Tracer {
 }  // namespace
 
 void BindTracing(py::module_& m) {
+  runtime::SetDeferrableHookCheck(&AllHooksDeferrable);
   py::class_<Tracer>(m, "_Tracer")
       .def(py::init<std::vector<std::string>, std::string, uint32_t>(), py::arg("library_prefixes"),
            py::arg("cwd"), py::arg("max_ops_per_iteration") = runtime::Recorder::kDefaultMaxOpsPerIteration)
@@ -390,10 +420,14 @@ void BindTracing(py::module_& m) {
           },
           "Drain and stop co-executing; returns the co-execution figures.")
       .def("coexec_stats", &Tracer::CoexecStats)
-      .def("coexec_backward_begin", &Tracer::CoexecBackwardBegin, py::arg("root"),
+      .def("coexec_backward_begin", &Tracer::CoexecBackwardBegin, py::arg("root"), py::arg("hook_state") = 0,
            "root.backward() under co-execution: 'replayed' (a learned segment ran in its place), "
-           "'learning' (run it, then coexec_backward_end) or 'not_taken' (run it as usual).")
+           "'learning' (run it, then coexec_backward_end) or 'not_taken' (run it as usual). "
+           "hook_state: a word from the owners of deferrable hooks, part of the segment's key.")
       .def("coexec_backward_end", &Tracer::CoexecBackwardEnd, py::arg("completed"))
+      .def("coexec_hook_begin", &Tracer::CoexecHookBegin, py::arg("leaf"),
+           "A deferrable post-accumulate-grad hook of leaf starts (terra._tracing's trampoline).")
+      .def("coexec_hook_end", &Tracer::CoexecHookEnd)
       .def("pause", &Tracer::Pause)
       .def("resume", &Tracer::Resume)
       .def("coexec_active", &Tracer::CoexecActive)

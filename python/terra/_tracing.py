@@ -122,6 +122,51 @@ def queue_backward_callback(callback):
     return True
 
 
+_hook_states = []  # weakref.WeakMethod: owners of deferrable hooks, each giving a hashable state
+
+
+def deferrable_post_accumulate_grad_hook(fn, state=None):
+    """``fn`` as a post-accumulate-grad hook a replayed backward may run itself: where
+    co-execution replays a learned backward as one segment, it runs the segment up to
+    the hook's leaf, then the hook as the engine would (grad mode off, located as the
+    leaf's AccumulateGrad), and checks that the hook validated the ops it validated when
+    learned (docs/coexecution.md, "Data-parallel training"). For hooks whose ops
+    depend on the backward's order and on ``state()`` only (a bound method returning a
+    hashable value, part of the segment's key), not on values the hook reads.
+    Register the result with ``tensor.register_post_accumulate_grad_hook``."""
+    import weakref
+
+    if state is not None:
+        _hook_states.append(weakref.WeakMethod(state))
+
+    def hook(param):
+        session = _session
+        if session is None or session.phase != "coexec":
+            return fn(param)
+        tracer = session.tracer
+        tracer.coexec_hook_begin(param)
+        try:
+            return fn(param)
+        finally:
+            tracer.coexec_hook_end()
+
+    hook.__terra_deferrable__ = True
+    return hook
+
+
+def _hook_state():
+    if not _hook_states:
+        return 0
+    states = []
+    for ref in list(_hook_states):
+        method = ref()
+        if method is None:
+            _hook_states.remove(ref)
+        else:
+            states.append(method())
+    return hash(tuple(states)) & 0xFFFFFFFFFFFFFFFF
+
+
 class _BackwardPatch:
     """``torch.autograd.backward`` (which ``Tensor.backward`` calls) while a session lives.
 
@@ -160,7 +205,7 @@ class _BackwardPatch:
                     and grad_tensors is None and grad_variables is None and not retain_graph
                     and not create_graph and inputs is None
                     and threading.get_ident() == session.thread):
-                start = session.tracer.coexec_backward_begin(tensors)
+                start = session.tracer.coexec_backward_begin(tensors, _hook_state())
                 if start == "replayed":
                     return None
             # One call site for every path: the ops the engine issues are

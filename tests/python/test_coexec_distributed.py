@@ -42,14 +42,20 @@ def assert_coexecuted(stats):
     assert stats[0]["started_at_iteration"] == stats[1]["started_at_iteration"], stats
 
 
-@pytest.mark.parametrize("options", [[], ["--unused"]], ids=["all_used", "find_unused"])
+@pytest.mark.parametrize("options", [[], ["--unused"], ["--accumulate", "2"]],
+                         ids=["all_used", "find_unused", "no_sync"])
 def test_ddp_bit_identical_to_eager_at_two_ranks(tmp_path, options):
     # Several buckets (--bucket-cap-mb 0.01), BatchNorm buffers broadcast
-    # before each forward; with --unused, a branch used every third step.
+    # before each forward; with --unused, a branch used every third step;
+    # with --accumulate 2, a backward under no_sync() before each reducing one.
     eager, _ = train(tmp_path, "eager", *options)
     coexec, stats = train(tmp_path, "coexec", *options)
     assert_bit_identical(eager, coexec)
     assert_coexecuted(stats)
+    # The backward replays as learned segments, DDP's gradient hooks run
+    # between its pieces (docs/coexecution.md, "Data-parallel training").
+    for r, s in stats.items():
+        assert s["backward_replayed"] >= 5, (r, s)
 
 
 def test_rank_falling_back_while_the_other_coexecutes(tmp_path):

@@ -9,11 +9,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "runtime/backward_segment.h"
 #include "runtime/base/check.h"
+#include "runtime/tensor_layout.h"
 
 namespace terra::runtime {
 namespace {
@@ -216,6 +219,55 @@ TEST(ExecutorTest, AResultOfAnotherDtypeThanItsFutureFailsAtDrain) {
     EXPECT_NE(std::string(e.what()).find("a result of dtype Double for a future of dtype Float"), std::string::npos)
         << e.what();
   }
+}
+
+TEST(ExecutorTest, ASegmentRunsInPiecesWithTheProgramsWorkBetweenThem) {
+  // A replayed backward runs in pieces where gradient hooks run between them:
+  // the pieces share the segment's values, and a Work the program issued
+  // between two pieces runs between them (here it halves the first piece's
+  // result in place before the second piece reads it).
+  Executor ex;
+  const graph::TensorMeta meta{6, 0, -1, {3}, {1}};
+  const size_t nbytes = 3 * sizeof(float);
+  auto segment = std::make_shared<BackwardSegment>();
+  segment->values = {SegmentValue{meta, nbytes, 1, true, 0}, SegmentValue{meta, nbytes, 1, true, 1}};
+  segment->external_written = {0};
+  const TensorLayout layout = TensorLayout::Of(at::zeros({3}));
+  auto argument = [&](uint32_t arg, bool external, uint32_t value) {
+    SegmentArgument a;
+    a.arg = arg;
+    a.external = external;
+    a.value = value;
+    a.layout = layout;
+    return a;
+  };
+  SegmentOp times3{Op("aten::mul", "Scalar"), nullptr, {at::Tensor(), c10::Scalar(3.0)}, {argument(0, true, 0)}, {0}, {}};
+  SegmentOp plus_a{Op("aten::add", "Tensor"), nullptr, {at::Tensor(), at::Tensor(), c10::Scalar(1)},
+                   {argument(0, false, 0), argument(1, true, 0)}, {1}, {}};
+  segment->ops = {times3, plus_a};
+  auto run = std::make_shared<SegmentRun>();
+  const at::Tensor a = at::full({3}, 2.0);
+  run->externals.push_back(SegmentExternal{{}, a.storage(), 0});
+
+  auto piece = [&](uint32_t begin, uint32_t end, uint32_t value) {
+    Work work;
+    work.segment = segment;
+    work.run = run;
+    work.segment_begin = begin;
+    work.segment_end = end;
+    work.where = "loss.backward()";
+    work.futures.emplace_back();
+    at::Tensor future = ex.NewFuture(meta, &work.futures.back());
+    work.segment_futures.emplace_back(value, 0);
+    ex.Submit(std::move(work));
+    return future;
+  };
+  at::Tensor first = piece(0, 1, 0);  // 6
+  ex.Submit(MakeWork(Op("aten::mul_", "Scalar"), {first, c10::Scalar(0.5)}, {}, "hook.py:1"));  // 3
+  at::Tensor second = piece(1, 2, 1);  // 3 + 2, where one piece would give 6 + 2
+  ex.Drain();
+  EXPECT_TRUE(first.equal(at::full({3}, 3.0)));
+  EXPECT_TRUE(second.equal(at::full({3}, 5.0)));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/autograd_context.h"
 #include "runtime/interception.h"
 
 namespace terra::runtime {
@@ -322,6 +323,28 @@ TEST(RecorderFedTest, ViewsWithMovingBoundsStayOneNodeAndShapeChangesAreMarked) 
   }
   EXPECT_EQ(moving, 1u);
   EXPECT_EQ(growing, 1u);
+}
+
+TEST(AutogradContextTest, AReplayNamesALeafsAccumulateGradAsTheEngineDoes) {
+  // A replayed backward runs a leaf's gradient hooks itself: inside the
+  // scope, CurrentBackward() names the leaf's AccumulateGrad as it does while
+  // the engine evaluates it, so the hooks' ops are located alike.
+  at::Tensor w = torch::ones({2}, at::TensorOptions().requires_grad(true));
+  at::Tensor loss = (w * 3).sum();
+  const AutogradGraphWalk walk = WalkAutogradGraph(loss);
+  ASSERT_TRUE(walk.eligible) << walk.why;
+  ASSERT_EQ(walk.leaves.size(), 1u);
+  ASSERT_EQ(walk.leaf_functions.size(), 1u);
+  EXPECT_EQ(walk.leaf_hooked[0], 0);
+  EXPECT_FALSE(CurrentBackward().active);
+  {
+    ScopedBackwardFunction evaluating(walk.leaf_functions[0]);
+    const BackwardContext ctx = CurrentBackward();
+    EXPECT_TRUE(ctx.active);
+    EXPECT_FALSE(ctx.has_forward);
+    EXPECT_EQ(ctx.accumulates_into, w.unsafeGetTensorImpl());
+  }
+  EXPECT_FALSE(CurrentBackward().active);
 }
 
 }  // namespace

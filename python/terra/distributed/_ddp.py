@@ -132,7 +132,11 @@ class DistributedDataParallel(torch.nn.Module):
         self._reset_iteration()
         self._error = None
         self.stats = {"iterations": 0, "comm_wait_s": 0.0, "buckets_launched_in_backward": 0}
-        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i))
+        # Deferrable: a replayed backward runs them itself, in the order the
+        # engine did (docs/coexecution.md, "Data-parallel training").
+        self._hooks = [p.register_post_accumulate_grad_hook(
+                           _tracing.deferrable_post_accumulate_grad_hook(self._make_hook(i),
+                                                                         self._hook_state))
                        for i, p in enumerate(self._params)]
 
     # --- plan -------------------------------------------------------------
@@ -223,6 +227,10 @@ class DistributedDataParallel(torch.nn.Module):
         for bucket in self._buckets:
             bucket.pending = len(bucket.params)
             bucket.work = None
+
+    def _hook_state(self):
+        # What decides which ops the hooks issue, besides the backward's order.
+        return (self._instance, self._require_sync, self.find_unused_parameters)
 
     def _make_hook(self, index):
         def hook(param):

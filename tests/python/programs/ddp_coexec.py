@@ -9,7 +9,9 @@ and prints one line ``STATS {json}``: ``terra.stats()["coexec"]`` (empty
 under --mode eager). BatchNorm trains, so its buffers are broadcast before
 each forward; --bucket-cap-mb splits the gradients into several buckets;
 --unused adds a branch used every third step (find_unused_parameters=True:
-one more all-reduce, of the used-map, at the end of backward).
+one more all-reduce, of the used-map, at the end of backward);
+--accumulate K splits each step into K micro-batches, all but the last
+under ddp.no_sync().
 Deterministic algorithms are on, as in tests/python/programs/ddp_check.py.
 --diverge-rank R --diverge-at N,M,...: at those steps only rank R runs one
 more op in its forward, a different one each time (a Python path that
@@ -17,6 +19,7 @@ depends on the rank), so it leaves the TraceGraph (a new path while tracing,
 a fallback under co-execution) while the other ranks follow it.
 """
 import argparse
+import contextlib
 import json
 
 import torch
@@ -50,6 +53,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8, help="per rank")
     ap.add_argument("--bucket-cap-mb", type=float, default=0.01)
     ap.add_argument("--unused", action="store_true")
+    ap.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (no_sync)")
     ap.add_argument("--diverge-rank", type=int, default=-1)
     ap.add_argument("--diverge-at", default="")
     ap.add_argument("--out", required=True)
@@ -71,9 +75,22 @@ def main():
         x = torch.randn(args.batch * world, 12, generator=g)[rank::world]
         y = torch.randint(0, 5, (args.batch * world,), generator=g)[rank::world]
         extra = diverge_at.index(step) if rank == args.diverge_rank and step in diverge_at else None
-        loss = F.cross_entropy(ddp(x, extra, not args.unused or step % 3 == 0), y)
-        opt.zero_grad()
-        loss.backward()
+        use_side = not args.unused or step % 3 == 0
+        if args.accumulate == 1:
+            loss = F.cross_entropy(ddp(x, extra, use_side), y)
+            opt.zero_grad()
+            loss.backward()
+        else:
+            # Gradient accumulation: all micro-batches but the last skip the
+            # all-reduce (no_sync), so the same backward runs with DDP's
+            # hooks doing nothing, then with them reducing.
+            opt.zero_grad()
+            loss = 0.0
+            for k, (xc, yc) in enumerate(zip(x.chunk(args.accumulate), y.chunk(args.accumulate))):
+                with ddp.no_sync() if k < args.accumulate - 1 else contextlib.nullcontext():
+                    part = F.cross_entropy(ddp(xc, extra, use_side), yc) / args.accumulate
+                    part.backward()
+                loss = loss + part.detach()
         opt.step()
         losses.append(loss.detach())
 
