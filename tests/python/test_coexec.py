@@ -267,10 +267,65 @@ def hooked_backward(steps):
     return out + [len(seen)], params(model)
 
 
+def deferrable_hooks(steps):
+    # Post-accumulate-grad hooks marked deferrable (as terra.distributed's DDP
+    # marks its own) run between the pieces of a replayed backward. Here they
+    # do something else than learned, twice: one issues ops where it never
+    # did (step 9), the other skips the ops it always issued (step 15). Each
+    # time the replay leaves the graph there and the rest runs eagerly.
+    model, opt = seeded_mlp()
+    sums, step = [], [0]
+
+    def late(p):
+        if step[0] == 9:
+            sums.append(p.grad.abs().sum())
+
+    def usual(p):
+        if step[0] != 15:
+            sums.append(p.grad.abs().sum())
+
+    deferrable = terra._tracing.deferrable_post_accumulate_grad_hook
+    model[0].weight.register_post_accumulate_grad_hook(deferrable(late))
+    model[2].weight.register_post_accumulate_grad_hook(deferrable(usual))
+    out = []
+    for i in range(20):
+        step[0] = i
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        train_step(opt, loss, out)
+    return out + [float(s) for s in sums], params(model)
+
+
+def raising_deferrable_hook(steps):
+    # A deferrable hook raises at step 9, inside a replayed backward: the
+    # program gets its exception from loss.backward() as in eager, and the
+    # step goes on with the gradients eager would have.
+    model, opt = seeded_mlp()
+    step = [0]
+
+    def refuse(p):
+        if step[0] == 9:
+            raise ValueError("hook says no")
+
+    model[0].weight.register_post_accumulate_grad_hook(
+        terra._tracing.deferrable_post_accumulate_grad_hook(refuse))
+    out = []
+    for i in range(14):
+        step[0] = i
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        try:
+            loss.backward()
+        except ValueError as e:
+            out.append(str(e))
+        opt.step()
+        out.append(loss.item())
+    return out, params(model)
+
+
 SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_update_and_clip, lbfgs,
                                      two_models, checkpoint, reused_numpy_buffer,
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
-                                     hooked_backward)}
+                                     hooked_backward, deferrable_hooks, raising_deferrable_hook)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -287,7 +342,7 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
 @pytest.mark.parametrize("scenario", ["item_and_print", "numpy_between", "manual_update_and_clip",
                                       "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer",
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
-                                      "hooked_backward"])
+                                      "hooked_backward", "deferrable_hooks", "raising_deferrable_hook"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -313,6 +368,15 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     if scenario in ("item_and_print", "checkpoint", "two_models", "scheduled_loss_scale", "sliced_batches",
                     "reused_numpy_buffer", "numpy_written_before_backward"):
         assert result["coexec"]["backward_replayed"] > 0, result
+    if scenario == "deferrable_hooks":
+        # Replayed with the hooks between its pieces, and left the graph at
+        # both steps where a hook did something else than learned.
+        assert result["coexec"]["backward_replayed"] >= 5, result
+        assert result["coexec"]["fallbacks"] >= 2, result
+        waits = [w["what"] for w in result["coexec"]["fetch_points"]]
+        assert any(w.startswith("a gradient hook of a replayed backward") for w in waits), result
+    if scenario == "raising_deferrable_hook":
+        assert result["coexec"]["backward_replayed"] > 0 and result["coexec"]["fallbacks"] >= 1, result
     if scenario == "hooked_backward":
         assert result["coexec"]["backward_replayed"] == 0, result
         assert result["coexec"]["backward_not_replayed"] == "a hook", result
