@@ -817,7 +817,10 @@ void CoExecutor::HookBegin(const at::Tensor& leaf) {
   if (!learning_ || diverged_) return;
   Learning& l = *learning_;
   if (l.in_hook) {
-    FailLearning("a gradient hook ran inside another");
+    // A hook inside a hook (a backward of its own): its ops are not the
+    // segment's either, but what to learn of it is not clear.
+    ++l.nested_hooks;
+    if (l.failed == nullptr) l.failed = "a gradient hook ran inside another";
     return;
   }
   const auto& leaves = l.walk.leaves;
@@ -849,6 +852,10 @@ void CoExecutor::HookBegin(const at::Tensor& leaf) {
 void CoExecutor::HookEnd() {
   if (!learning_ || !learning_->in_hook) return;
   Learning& l = *learning_;
+  if (l.nested_hooks > 0) {
+    --l.nested_hooks;
+    return;
+  }
   l.in_hook = false;
   LearnedBackward::HookPoint& hp = l.learned.hooks.back();
   hp.position_after = validator_.position();

@@ -275,6 +275,7 @@ class CoExecutor final : public OpObserver {
     std::vector<uint8_t> external_written;
     graph::HashWriter content;
     bool in_hook = false;
+    int nested_hooks = 0;
     uint64_t fetches_before_hook = 0;
     std::vector<uint32_t> grad_first_hook;  // by leaf: as NewGrad::hook
   };
