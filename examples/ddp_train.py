@@ -78,7 +78,7 @@ def main():
     else:
         model = tdist.DistributedDataParallel(Net(width=args.width),
                                               bucket_cap_mb=args.bucket_cap_mb)
-    stats = getattr(model, "stats", {"comm_wait_s": 0.0})
+    stats = getattr(model, "stats", {"comm_wait_s": 0.0, "waits_queued": 0})
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     first_loss = None
@@ -97,10 +97,12 @@ def main():
             first_loss = loss.item()
             start = time.perf_counter()  # exclude the first step's warm-up
             wait_at_start = stats["comm_wait_s"]
+            queued_at_start = stats["waits_queued"]
         if rank == 0 and (step % 25 == 0 or step == args.steps - 1):
             print(f"step {step:4d}  loss {loss.item():.4f}")
     elapsed = time.perf_counter() - start
     exposed = stats["comm_wait_s"] - wait_at_start
+    queued_waits = stats["waits_queued"] - queued_at_start
     comm_alone = time_allreduce_alone(model) if world > 1 and args.ddp == "terra" else 0.0
 
     with torch.no_grad():
@@ -128,9 +130,19 @@ def main():
             overlap = (f"{hidden * 100:.0f}% hidden by backward" if buckets > 1 else
                        "one bucket: it starts with the last gradient, so little of backward "
                        "is left to hide it")
-            print(f"  gradient sync   {buckets} bucket(s); all-reduce alone "
-                  f"{comm_alone * 1000:.2f} ms/step, left waiting after backward "
-                  f"{step_exposed * 1000:.2f} ms/step ({overlap})")
+            # Co-executed steps: the executor launches and waits for the
+            # all-reduces in program order, and the program's thread goes on.
+            waits = buckets * timed
+            if queued_waits >= waits:
+                print(f"  gradient sync   {buckets} bucket(s); all-reduce alone "
+                      f"{comm_alone * 1000:.2f} ms/step, launched and waited for by Terra's "
+                      "executor, not by the program (co-execution)")
+            else:
+                queued = (f"; {queued_waits} of {waits} waits queued on Terra's executor "
+                          "(the co-executed steps)" if queued_waits else "")
+                print(f"  gradient sync   {buckets} bucket(s); all-reduce alone "
+                      f"{comm_alone * 1000:.2f} ms/step, left waiting after backward "
+                      f"{step_exposed * 1000:.2f} ms/step ({overlap}){queued}")
         print(f"  parameters      {'identical on every rank' if identical else 'DIFFER across ranks'}")
         if args.json:
             with open(args.json, "w") as f:

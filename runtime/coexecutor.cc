@@ -813,6 +813,20 @@ void CoExecutor::BackwardEnd(bool completed) {
   record_next_ = true;  // confirm it next time
 }
 
+bool CoExecutor::QueueTask(std::function<void()> task, std::vector<at::Tensor> tensors, std::string where) {
+  if (diverged_) return false;
+  for (const at::Tensor& t : tensors) {
+    if (SlotOf(t) != nullptr) return false;
+  }
+  Work& work = executor_.Next();
+  work.task = std::move(task);
+  for (at::Tensor& t : tensors) work.inputs.emplace_back(std::move(t));
+  work.where = std::move(where);
+  executor_.Commit();
+  ++stats_.tasks_queued;
+  return true;
+}
+
 void CoExecutor::HookBegin(const at::Tensor& leaf) {
   if (!learning_ || diverged_) return;
   Learning& l = *learning_;

@@ -63,6 +63,9 @@ struct CoExecutionStats {
   uint64_t backward_ops_replayed = 0;
   uint64_t backward_learned = 0;
   std::string backward_not_replayed;  // why the first backward not replayed was not
+  // Tasks of the program's queued in program order (collectives launched and
+  // waited for by the executor instead of a drain).
+  uint64_t tasks_queued = 0;
 
   // Adds another run's counts (first_divergence: the earlier one stays).
   CoExecutionStats& operator+=(const CoExecutionStats& other) {
@@ -76,6 +79,7 @@ struct CoExecutionStats {
     backward_replayed += other.backward_replayed;
     backward_ops_replayed += other.backward_ops_replayed;
     backward_learned += other.backward_learned;
+    tasks_queued += other.tasks_queued;
     if (first_divergence.empty()) first_divergence = other.first_divergence;
     if (backward_not_replayed.empty()) backward_not_replayed = other.backward_not_replayed;
     return *this;
@@ -133,6 +137,12 @@ class CoExecutor final : public OpObserver {
   // co-executed but not part of the segment, and where it ran is learned.
   void HookBegin(const at::Tensor& leaf);
   void HookEnd();
+  // Runs `task` on the executor in program order, holding `tensors`
+  // (ordinary memory it reads or writes directly, not through ATen; no
+  // future) and counting them as touched until it has run: a collective on
+  // them launched, or waited for, without draining the executor. False (the
+  // caller does it the drained way) after a divergence, or for a future.
+  bool QueueTask(std::function<void()> task, std::vector<at::Tensor> tensors, std::string where);
   bool diverged() const { return diverged_; }
   // This co-executor's counts, its executor's included.
   CoExecutionStats stats() const {

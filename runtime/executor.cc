@@ -146,6 +146,7 @@ double Now() {
 std::string Where(const Work& work) {
   std::string where = work.where;
   if (where.empty() && work.location != nullptr) where = graph::ShortLocation(*work.location);
+  if (work.task) return where;
   if (!work.op) return "backward (replayed as one segment) issued at " + where;
   return work.op->operator_name().name + " issued at " + where;
 }
@@ -433,6 +434,14 @@ Work& Executor::Next() {
 }
 
 void Executor::TakeArguments(Work& work, uint64_t seq) {
+  if (work.task) {
+    ForEachTensorArgument(work.inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
+      TERRA_INTERNAL_CHECK(SlotOf(t) == nullptr, work.where, ": a task of the program's holds a future");
+      if (t.has_storage()) referenced_[t.storage().unsafeGetStorageImpl()] = seq + 1;
+      return true;
+    });
+    return;
+  }
   if (work.segment) {
     NoteSegmentExternals(work, seq);
   } else {
@@ -715,6 +724,10 @@ void Executor::RunSegment(Work& work) {
 void Executor::Run(Work& work) {
   // Autograd ran on the program's thread when the op was issued.
   c10::impl::ExcludeDispatchKeyGuard below_autograd(c10::autograd_dispatch_keyset_with_ADInplaceOrView);
+  if (work.task) {
+    work.task();
+    return;
+  }
   if (work.segment) {
     RunSegment(work);
     return;

@@ -136,6 +136,10 @@ struct Work {
   // of `futures` (value id, index).
   std::shared_ptr<const BackwardSegment> segment;
   std::shared_ptr<SegmentRun> run;
+  // A task of the program's instead of an op (a collective launched, or
+  // waited for, in program order): runs with `inputs` (ordinary memory only,
+  // which it may read and write) held and noted as touched.
+  std::function<void()> task;
   uint32_t segment_begin = 0;
   uint32_t segment_end = 0;
   std::vector<std::pair<uint32_t, uint32_t>> segment_futures;
@@ -162,6 +166,7 @@ struct Work {
     written_args = 0;
     segment.reset();
     run.reset();
+    task = nullptr;
     segment_begin = segment_end = 0;
     segment_futures.clear();
     fed.clear();

@@ -8,6 +8,7 @@
 
 #include "comm/control/client.h"
 #include "python/csrc/bindings.h"
+#include "python/csrc/collective_options.h"
 #include "runtime/base/check.h"
 #include "runtime/process_group.h"
 
@@ -19,11 +20,7 @@ using runtime::CollectiveOptions;
 using runtime::ProcessGroup;
 using runtime::TensorWork;
 
-namespace {
-
-// timeout: seconds or None (the default); stream: a cudaStream_t as an
-// integer (torch.cuda.Stream.cuda_stream) or 0.
-CollectiveOptions ToOptions(std::optional<double> seconds, uintptr_t stream = 0) {
+CollectiveOptions ToOptions(std::optional<double> seconds, uintptr_t stream) {
   CollectiveOptions options;
   if (seconds) {
     TERRA_CHECK(*seconds > 0, "timeout must be positive seconds, not ", *seconds);
@@ -38,8 +35,6 @@ comm::ReduceOp ToOp(int op) {
               ": use terra.distributed.ReduceOp");
   return static_cast<comm::ReduceOp>(op);
 }
-
-}  // namespace
 
 void BindCollectives(py::module_& m) {
   py::class_<TensorWork, std::shared_ptr<TensorWork>>(m, "Work")

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <memory>
 #include <unordered_map>
 #include <utility>
@@ -18,7 +20,9 @@
 #include "graph/dot.h"
 #include "graph/serialize.h"
 #include "python/csrc/bindings.h"
+#include "python/csrc/collective_options.h"
 #include "python/csrc/python_frames.h"
+#include "runtime/base/check.h"
 #include "runtime/coexecutor.h"
 #include "runtime/interception.h"
 #include "runtime/recorder.h"
@@ -29,6 +33,18 @@ namespace py = pybind11;
 
 namespace terra::python {
 namespace {
+
+// An all-reduce queued on the co-executor (Tracer::CoexecAllReduce); the
+// executor sets `work` when it launches it.
+struct QueuedCollective {
+  std::mutex mu;
+  std::shared_ptr<runtime::TensorWork> work;
+  std::shared_ptr<runtime::TensorWork> Launched() {
+    std::lock_guard<std::mutex> lock(mu);
+    TERRA_CHECK(work != nullptr, "a queued all_reduce was waited for before it was launched");
+    return work;
+  }
+};
 
 // Whether every post-accumulate-grad hook of `leaf` is a deferrable one
 // (terra._tracing.deferrable_post_accumulate_grad_hook marks its
@@ -232,6 +248,7 @@ class Tracer {
     d["backward_ops_replayed"] = st.backward_ops_replayed;
     d["backward_learned"] = st.backward_learned;
     d["backward_not_replayed"] = st.backward_not_replayed;
+    d["tasks_queued"] = st.tasks_queued;
     // Where Python waited, longest total wait first.
     std::vector<runtime::WaitPoint> points = waits_;
     if (coexec_) points.insert(points.end(), coexec_->wait_points().begin(), coexec_->wait_points().end());
@@ -274,6 +291,32 @@ class Tracer {
   void CoexecBackwardEnd(bool completed) {
     if (coexec_) coexec_->BackwardEnd(completed);
   }
+  // An asynchronous all-reduce under co-execution: launched by the executor
+  // when it reaches it, in program order, so the program's thread need not
+  // drain; null where it cannot be queued (the caller drains and launches).
+  std::shared_ptr<QueuedCollective> CoexecAllReduce(runtime::ProcessGroup& group, const at::Tensor& tensor,
+                                                    int op, std::optional<double> timeout_s) {
+    if (!coexec_ || tensor.device().type() != c10::DeviceType::CPU) return nullptr;
+    auto handle = std::make_shared<QueuedCollective>();
+    const runtime::CollectiveOptions options = ToOptions(timeout_s);
+    const comm::ReduceOp reduce = ToOp(op);
+    runtime::ProcessGroup* g = &group;
+    auto launch = [handle, g, tensor, reduce, options] {
+      std::shared_ptr<runtime::TensorWork> work = g->AllReduce(tensor, reduce, options);
+      std::lock_guard<std::mutex> lock(handle->mu);
+      handle->work = std::move(work);
+    };
+    if (!coexec_->QueueTask(std::move(launch), {tensor}, "all_reduce (queued on the executor)")) return nullptr;
+    return handle;
+  }
+  // Its wait, queued likewise: the ops issued after it run after the
+  // reduction. False where it cannot be queued (the caller waits).
+  bool CoexecWait(const std::shared_ptr<QueuedCollective>& handle, const at::Tensor& tensor) {
+    if (!coexec_) return false;
+    auto wait = [handle] { handle->Launched()->Wait(); };
+    return coexec_->QueueTask(std::move(wait), {tensor}, "all_reduce's wait (queued on the executor)");
+  }
+
   void CoexecHookBegin(const at::Tensor& leaf) {
     if (coexec_) coexec_->HookBegin(leaf);
   }
@@ -352,6 +395,18 @@ class Tracer {
 
 void BindTracing(py::module_& m) {
   runtime::SetDeferrableHookCheck(&AllHooksDeferrable);
+  py::class_<QueuedCollective, std::shared_ptr<QueuedCollective>>(m, "_QueuedCollective")
+      .def("wait_now",
+           [](QueuedCollective& q, std::optional<double> timeout_s) {
+             q.Launched()->Wait(timeout_s ? std::chrono::milliseconds(static_cast<int64_t>(*timeout_s * 1000))
+                                          : comm::Work::kWaitForever);
+           },
+           py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>(),
+           "Waits here (the executor has launched it: drain first).")
+      .def("is_completed", [](QueuedCollective& q) {
+        std::lock_guard<std::mutex> lock(q.mu);
+        return q.work != nullptr && q.work->IsCompleted();
+      });
   py::class_<Tracer>(m, "_Tracer")
       .def(py::init<std::vector<std::string>, std::string, uint32_t>(), py::arg("library_prefixes"),
            py::arg("cwd"), py::arg("max_ops_per_iteration") = runtime::Recorder::kDefaultMaxOpsPerIteration)
@@ -425,6 +480,12 @@ void BindTracing(py::module_& m) {
            "'learning' (run it, then coexec_backward_end) or 'not_taken' (run it as usual). "
            "hook_state: a word from the owners of deferrable hooks, part of the segment's key.")
       .def("coexec_backward_end", &Tracer::CoexecBackwardEnd, py::arg("completed"))
+      .def("coexec_all_reduce", &Tracer::CoexecAllReduce, py::arg("group"), py::arg("tensor"), py::arg("op"),
+           py::arg("timeout") = py::none(),
+           "An asynchronous all-reduce of a CPU tensor in ordinary memory, launched by the executor in "
+           "program order; None where it cannot be queued.")
+      .def("coexec_wait", &Tracer::CoexecWait, py::arg("handle"), py::arg("tensor"),
+           "Queues the wait of a queued all-reduce; False where it cannot be (wait directly).")
       .def("coexec_hook_begin", &Tracer::CoexecHookBegin, py::arg("leaf"),
            "A deferrable post-accumulate-grad hook of leaf starts (terra._tracing's trampoline).")
       .def("coexec_hook_end", &Tracer::CoexecHookEnd)

@@ -762,6 +762,28 @@ def fetch_for_collective():
         s.tracer.coexec_fetch("collective")
 
 
+def queue_all_reduce(group, tensor, op, timeout):
+    """An asynchronous all-reduce queued on the executor, when this thread
+    co-executes: the executor launches it in program order, after the queued
+    ops that write ``tensor``, so the program's thread does not drain. None
+    otherwise (or for a tensor it cannot queue): the caller drains
+    (``fetch_for_collective``) and launches it itself."""
+    s = _session
+    if s is not None and s.phase == "coexec" and threading.get_ident() == s.thread:
+        return s.tracer.coexec_all_reduce(group, tensor, op, timeout)
+    return None
+
+
+def queue_collective_wait(handle, tensor):
+    """Queues the wait of a queued all-reduce when this thread co-executes:
+    the ops issued after it run after the reduction, and a direct read of
+    ``tensor`` waits for it (a fetch drains). False otherwise: wait here."""
+    s = _session
+    if s is not None and s.phase == "coexec" and threading.get_ident() == s.thread:
+        return s.tracer.coexec_wait(handle, tensor)
+    return False
+
+
 def dot():
     """The TraceGraph as Graphviz DOT text ("" when tracing never ran)."""
     s = _last_session()

@@ -56,6 +56,15 @@ def test_ddp_bit_identical_to_eager_at_two_ranks(tmp_path, options):
     # between its pieces (docs/coexecution.md, "Data-parallel training").
     for r, s in stats.items():
         assert s["backward_replayed"] >= 5, (r, s)
+    # The buckets' all-reduces and their waits are queued on the executor in
+    # program order, not drained for: what still drains is the buffers'
+    # broadcasts before each forward (BatchNorm's, two dtypes), with --unused
+    # the used-map's all-reduce, and the final all-gather. (Draining for the
+    # two buckets too made it 4 a step.)
+    for r, s in stats.items():
+        assert s["tasks_queued"] >= 2 * 5, (r, s)
+        drained = sum(w["count"] for w in s["fetch_points"] if w["what"] == "collective")
+        assert drained <= s["iterations"] * (3 if "--unused" in options else 2) + 2, (r, s)
 
 
 def test_rank_falling_back_while_the_other_coexecutes(tmp_path):

@@ -13,8 +13,11 @@ Under co-execution (``--mode coexec``) the communicators read and write tensor
 memory directly, not through ATen: each call first makes the co-executed
 values real (``_tracing.fetch_for_collective``: the executor is drained), so
 a collective never reads a future's unfilled memory or races the executor's
-pending writes into its tensors. What the program does with the results
-afterwards is ATen ops again, co-executed as usual.
+pending writes into its tensors. An asynchronous all-reduce of a CPU tensor
+in ordinary memory (DDP's buckets) is queued on the executor instead, and
+so is its wait: the executor launches it when it reaches it, in program
+order, and the program's thread goes on. What the program does with the
+results afterwards is ATen ops again, co-executed as usual.
 """
 import enum
 
@@ -104,11 +107,42 @@ def _check_per_rank_list(op, name, tensors, like, like_name, world):
                              f"must match the {like_name}, {tuple(like.shape)} {like.dtype}")
 
 
+class _QueuedWork:
+    """The handle of an all-reduce queued on the co-executor
+    (``_tracing.queue_all_reduce``). ``wait()`` queues its wait likewise, so
+    the program's thread goes on; with a timeout, or once co-execution has
+    stopped, it waits here."""
+
+    def __init__(self, handle, tensor):
+        self._handle = handle
+        self._tensor = tensor
+        self.wait_queued = False  # the last wait() went to the executor
+
+    def wait(self, timeout=None):
+        self.wait_queued = timeout is None and _tracing.queue_collective_wait(self._handle, self._tensor)
+        if self.wait_queued:
+            return True
+        _tracing.fetch_for_collective()  # the executor has launched it
+        self._handle.wait_now(timeout)
+        return True
+
+    def is_completed(self):
+        return self._handle.is_completed()
+
+    def __repr__(self):
+        state = "completed" if self.is_completed() else "pending"
+        return f"<terra.distributed.Work all_reduce, queued on the executor ({state})>"
+
+
 def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False, timeout=None):
     """Reduces ``tensor`` across ranks, in place, on every rank."""
     _check_group(group)
     if tensor.is_complex() and _op(op) in (ReduceOp.SUM, ReduceOp.AVG):
         tensor = torch.view_as_real(tensor)  # sums and averages part by part
+    if async_op:
+        queued = _tracing.queue_all_reduce(_group.process_group(), tensor, _op(op), timeout)
+        if queued is not None:
+            return _QueuedWork(queued, tensor)
     _tracing.fetch_for_collective()
     return _finish(_group.process_group().all_reduce(tensor, _op(op), timeout, _stream(tensor)), async_op)
 

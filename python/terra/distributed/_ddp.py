@@ -131,7 +131,8 @@ class DistributedDataParallel(torch.nn.Module):
         self._sync_module_states()
         self._reset_iteration()
         self._error = None
-        self.stats = {"iterations": 0, "comm_wait_s": 0.0, "buckets_launched_in_backward": 0}
+        self.stats = {"iterations": 0, "comm_wait_s": 0.0, "buckets_launched_in_backward": 0,
+                      "waits_queued": 0}
         # Deferrable: a replayed backward runs them itself, in the order the
         # engine did (docs/coexecution.md, "Data-parallel training").
         self._hooks = [p.register_post_accumulate_grad_hook(
@@ -308,6 +309,9 @@ class DistributedDataParallel(torch.nn.Module):
         start = time.perf_counter()
         for bucket in self._buckets:
             bucket.work.wait()
+            # Under co-execution the wait goes to the executor, in program
+            # order: the program's thread does not wait here.
+            self.stats["waits_queued"] += 1 if getattr(bucket.work, "wait_queued", False) else 0
         self.stats["comm_wait_s"] += time.perf_counter() - start
         self.stats["iterations"] += 1
         with torch.no_grad():
