@@ -177,7 +177,11 @@ def coexec_split(result):
     out = {"iterations": c.get("iterations"), "fallbacks": c.get("fallbacks"),
            "submitted": c.get("submitted"), "fetches": c.get("fetches"),
            "first_divergence": c.get("first_divergence") or None, "phase": c.get("phase"),
-           "iter_s": iter_s, "python_s": None, "executor_busy_s": busy, "fetch_wait_s": wait}
+           "iter_s": iter_s, "python_s": None, "executor_busy_s": busy, "fetch_wait_s": wait,
+           "backward_replayed": c.get("backward_replayed"),
+           # Where the program's thread waited longest (Terra lists them by total wait).
+           "costliest_waits": [w for w in (c.get("fetch_points") or [])
+                               if isinstance(w, dict) and _number(w.get("wait_s")) is not None][:2]}
     if wait is not None:
         out["python_s"] = max(0.0, iter_s - wait)
     return out
@@ -195,7 +199,9 @@ def summarize_coexec(results):
         return statistics.median(values) if values else None
 
     out = {key: median_of(key) for key in ("iterations", "fallbacks", "submitted", "fetches",
-                                           "iter_s", "python_s", "executor_busy_s", "fetch_wait_s")}
+                                           "iter_s", "python_s", "executor_busy_s", "fetch_wait_s",
+                                           "backward_replayed")}
+    out["costliest_waits"] = next((s["costliest_waits"] for s in splits if s["costliest_waits"]), [])
     out["first_divergence"] = next((s["first_divergence"] for s in splits if s["first_divergence"]), None)
     out["phase"] = splits[0]["phase"]
     out["repeats_with_stats"] = len(splits)
@@ -418,6 +424,11 @@ def format_markdown(report):
                 lines.append(f"  - {j['model']}: torch.jit.script failed, traced instead: {j['script_error']}")
         if (r.get("coexec") or {}).get("first_divergence"):
             lines.append(f"  - first divergence (fallback): {r['coexec']['first_divergence']}")
+        if isinstance((r.get("coexec") or {}).get("backward_replayed"), (int, float)):
+            lines.append(f"  - backwards replayed as one segment: {r['coexec']['backward_replayed']:.0f}")
+        for w in (r.get("coexec") or {}).get("costliest_waits") or []:
+            lines.append(f"  - waited {w['wait_s']:.3f} s ({w.get('count', '?')}×) at {w.get('where')}: "
+                         f"{w.get('what')}")
         if lines:
             details.append(f"- **{r['program']} / {r['mode']}**")
             details.extend(lines)

@@ -136,3 +136,31 @@ def test_rank_that_stops_tracing_early_does_not_block_the_others(tmp_path):
         found = re.search(r"\[1\] RESULT (\d+)", proc.stdout)
         assert found and int(found.group(1)) > 0, proc.stdout
         assert seconds < 60, seconds
+
+
+def test_a_rank_that_stops_reducing_fails_the_job_instead_of_hanging(tmp_path):
+    # Rank 0 co-executes, so its executor launches and waits for the bucket's
+    # all-reduce (queued). Rank 1 stalls before its backward at step 12: the
+    # all-reduce times out on rank 0 (DDP's timeout, 3 s), the error surfaces
+    # at rank 0's next fetch, and the job ends with a non-zero exit.
+    script = write_script(tmp_path, """
+        import time, torch, terra, terra.distributed as d
+        torch.manual_seed(0)
+        ddp = d.DistributedDataParallel(torch.nn.Linear(4, 2), timeout=3)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        for step in range(30):
+            loss = ddp(torch.randn(8, 4)).pow(2).mean()
+            opt.zero_grad()
+            if d.rank() == 1 and step == 12:
+                time.sleep(120)
+            loss.backward()
+            opt.step()
+            print("step", step, loss.item(), terra.stats().get("coexec", {}).get("tasks_queued"), flush=True)
+        """)
+    proc, seconds = run(["-np", "2", "--mode", "coexec", script], timeout=120, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert seconds < 60, (seconds, out)
+    queued = [int(n) for n in re.findall(r"\[0\] step \d+ \S+ (\d+)", proc.stdout)]
+    assert queued and max(queued) > 0, out  # rank 0's all-reduces were queued on its executor
+    assert "timed out" in out or "timeout" in out.lower(), out
