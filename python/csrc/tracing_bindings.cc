@@ -403,9 +403,14 @@ void BindTracing(py::module_& m) {
            },
            py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>(),
            "Waits here (the executor has launched it: drain first).")
-      .def("is_completed", [](QueuedCollective& q) {
+      .def("is_completed",
+           [](QueuedCollective& q) {
+             std::lock_guard<std::mutex> lock(q.mu);
+             return q.work != nullptr && q.work->IsCompleted();
+           })
+      .def_property_readonly("description", [](QueuedCollective& q) {
         std::lock_guard<std::mutex> lock(q.mu);
-        return q.work != nullptr && q.work->IsCompleted();
+        return q.work != nullptr ? q.work->description() : std::string("all_reduce, queued on the executor");
       });
   py::class_<Tracer>(m, "_Tracer")
       .def(py::init<std::vector<std::string>, std::string, uint32_t>(), py::arg("library_prefixes"),

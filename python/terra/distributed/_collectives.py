@@ -107,31 +107,25 @@ def _check_per_rank_list(op, name, tensors, like, like_name, world):
                              f"must match the {like_name}, {tuple(like.shape)} {like.dtype}")
 
 
-class _QueuedWork:
+class _QueuedWork(Work):
     """The handle of an all-reduce queued on the co-executor
     (``_tracing.queue_all_reduce``). ``wait()`` queues its wait likewise, so
     the program's thread goes on; with a timeout, or once co-execution has
-    stopped, it waits here."""
+    stopped, it waits here. ``is_completed()`` is False until the executor
+    has launched it and the reduction is done."""
 
     def __init__(self, handle, tensor):
-        self._handle = handle
+        super().__init__(handle)
         self._tensor = tensor
         self.wait_queued = False  # the last wait() went to the executor
 
     def wait(self, timeout=None):
-        self.wait_queued = timeout is None and _tracing.queue_collective_wait(self._handle, self._tensor)
+        self.wait_queued = timeout is None and _tracing.queue_collective_wait(self._work, self._tensor)
         if self.wait_queued:
             return True
         _tracing.fetch_for_collective()  # the executor has launched it
-        self._handle.wait_now(timeout)
+        self._work.wait_now(timeout)
         return True
-
-    def is_completed(self):
-        return self._handle.is_completed()
-
-    def __repr__(self):
-        state = "completed" if self.is_completed() else "pending"
-        return f"<terra.distributed.Work all_reduce, queued on the executor ({state})>"
 
 
 def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False, timeout=None):
