@@ -575,6 +575,14 @@ class _Session:
                      f"{c['submitted']} ops to the executor, {c['eager']} run by Python (views, fetches), "
                      f"{c['fetches']} fetches; executor busy {c['executor_busy_s']:.3f} s, "
                      f"Python waited {c['fetch_wait_s']:.3f} s\n")
+            if c.get("backward_replayed") or c.get("backward_not_replayed"):
+                why = c.get("backward_not_replayed")
+                text += (f"  backward as one segment: {c['backward_replayed']} replayed "
+                         f"({c['backward_ops_replayed']} ops), {c['backward_learned']} learned"
+                         + (f"; a backward kept op by op because {why}" if why else "") + "\n")
+            if c.get("tasks_queued"):
+                text += (f"  collectives queued on the executor: {c['tasks_queued']} tasks "
+                         "(all-reduce launches and waits)\n")
             if self.coexec_started_at is not None:
                 text += f"  co-execution started with iteration {self.coexec_started_at}\n"
             if c["first_divergence"]:

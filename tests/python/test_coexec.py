@@ -463,6 +463,9 @@ def test_report_lists_where_python_waited(tmp_path):
     proc = subprocess.run(["terrarun", "--mode", "coexec", "--report", str(prog)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The backwards replayed as one segment are counted too.
+    replayed = re.search(r"backward as one segment: (\d+) replayed \((\d+) ops\), (\d+) learned", proc.stderr)
+    assert replayed and int(replayed.group(1)) >= 5 and int(replayed.group(3)) == 1, proc.stderr[-3000:]
     report = proc.stderr[proc.stderr.index("where Python waited"):]
     rows = {}
     for row in report.splitlines()[1:]:
