@@ -141,8 +141,6 @@ AutogradGraphWalk WalkAutogradGraph(const at::Tensor& root) {
       h.U8(hooked ? 1 : 0);
       walk.leaves.push_back(leaf);
       walk.leaf_functions.push_back(node);
-      walk.leaf_had_grad.push_back(had ? 1 : 0);
-      walk.leaf_hooked.push_back(hooked ? 1 : 0);
     }
     const auto& edges = node->next_edges();
     h.U32(static_cast<uint32_t>(edges.size()));

@@ -75,8 +75,6 @@ struct AutogradGraphWalk {
   std::vector<void*> nodes;           // torch::autograd::Node*, alive while root's graph is
   std::vector<at::Tensor> leaves;     // AccumulateGrad's variables, in walk order
   std::vector<void*> leaf_functions;  // their AccumulateGrad functions
-  std::vector<uint8_t> leaf_had_grad;
-  std::vector<uint8_t> leaf_hooked;   // the leaf has (deferrable) post-accumulate hooks
 };
 AutogradGraphWalk WalkAutogradGraph(const at::Tensor& root);
 // What the engine does to each function it ran when the graph is not

@@ -764,16 +764,19 @@ void CoExecutor::BackwardEnd(bool completed) {
     HashLayout(g.layout, h);
     learned.new_grads.push_back(std::move(g));
   }
+  for (size_t n = 0; n < learned.new_grads.size(); ++n) {
+    LearnedBackward::NewGrad& g = learned.new_grads[n];
+    g.same_as = static_cast<uint32_t>(n);
+    for (size_t m = 0; m < n && g.same_as == n; ++m) {
+      if (learned.new_grads[m].value == g.value) g.same_as = static_cast<uint32_t>(m);
+    }
+  }
   for (const LearnedBackward::HookPoint& hp : learned.hooks) {
     h.U32(hp.after_op);
     h.U32(hp.leaf);
     h.U8(hp.issued ? 1 : 0);
-    h.U32(hp.position_before);
-    h.U32(hp.position_after);
-    h.U64(hp.path_before);
-    h.U64(hp.path_after);
-    h.U32(hp.ordinal_before);
-    h.U32(hp.ordinal_after);
+    hp.before.Hash(h);
+    hp.after.Hash(h);
   }
   for (uint32_t id = 0; id < segment.values.size(); ++id) {
     if (!segment.values[id].to_program) segment.ops[segment.values[id].last_use].frees.push_back(id);
@@ -787,12 +790,8 @@ void CoExecutor::BackwardEnd(bool completed) {
     h.U32(static_cast<uint32_t>(e.element));
   }
   learned.externals = l.externals;
-  learned.end_position = validator_.position();
-  learned.locator_end = locator_->SaveBackwardEnd();
-  learned.path_after = path_hash_;
-  learned.ordinal_after = op_ordinal_;
-  h.U32(learned.end_position);
-  h.U32(learned.ordinal_after);
+  learned.end = Here();
+  learned.end.Hash(h);
   learned.content = h.state();
 
   if (entry.segment && !entry.ready && entry.content == learned.content) {
@@ -855,10 +854,7 @@ void CoExecutor::HookBegin(const at::Tensor& leaf) {
   LearnedBackward::HookPoint& hp = l.learned.hooks.emplace_back();
   hp.after_op = static_cast<uint32_t>(l.learned.segment->ops.size());
   hp.leaf = static_cast<uint32_t>(found - leaves.begin());
-  hp.position_before = validator_.position();
-  hp.path_before = path_hash_;
-  hp.ordinal_before = op_ordinal_;
-  hp.locator_before = locator_->SaveBackwardEnd();
+  hp.before = Here();
   l.fetches_before_hook = stats_.fetches;
   l.in_hook = true;
 }
@@ -872,10 +868,8 @@ void CoExecutor::HookEnd() {
   }
   l.in_hook = false;
   LearnedBackward::HookPoint& hp = l.learned.hooks.back();
-  hp.position_after = validator_.position();
-  hp.path_after = path_hash_;
-  hp.ordinal_after = op_ordinal_;
-  hp.issued = hp.ordinal_after != hp.ordinal_before || stats_.fetches != l.fetches_before_hook;
+  hp.after = Here();
+  hp.issued = hp.after.ordinal != hp.before.ordinal || stats_.fetches != l.fetches_before_hook;
 }
 
 bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk) {
@@ -949,10 +943,7 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
       const LearnedBackward::NewGrad& g = learned.new_grads[n];
       const uint32_t producer = segment.values[g.value].produced_by;
       if (producer < begin || producer >= end) continue;
-      at::Tensor future;
-      for (size_t m = 0; m < n; ++m) {
-        if (learned.new_grads[m].value == g.value) future = grads[m];
-      }
+      at::Tensor future = g.same_as != n ? grads[g.same_as] : at::Tensor();
       if (!future.defined()) {
         work.futures.emplace_back();
         future = executor_.NewFuture(segment.values[g.value].meta, &work.futures.back());
@@ -992,24 +983,14 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
       const LearnedBackward::HookPoint& hp = learned.hooks[i];
       if (!hp.issued) continue;
       commit_piece(hp.after_op);
-      if (!diverged_) {
-        validator_.JumpTo(hp.position_before);
-        locator_->RestoreBackwardEnd(hp.locator_before);
-        path_hash_ = hp.path_before;
-        op_ordinal_ = hp.ordinal_before;
-      }
+      if (!diverged_) MoveTo(hp.before);
       run_hooks(i + 1);
-      if (!diverged_ && (validator_.position() != hp.position_after || path_hash_ != hp.path_after)) {
+      if (!diverged_ && (validator_.position() != hp.after.position || path_hash_ != hp.after.path)) {
         DivergeHere("a gradient hook of a replayed backward (another path than learned)", validator_.position());
       }
     }
     commit_piece(num_ops);
-    if (!diverged_) {
-      validator_.JumpTo(learned.end_position);
-      locator_->RestoreBackwardEnd(learned.locator_end);
-      path_hash_ = learned.path_after;
-      op_ordinal_ = learned.ordinal_after;
-    }
+    if (!diverged_) MoveTo(learned.end);
     run_hooks(learned.hooks.size());
   } catch (...) {
     // A hook raised: the backward raises it, as the engine would; the rest

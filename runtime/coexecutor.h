@@ -216,6 +216,27 @@ class CoExecutor final : public OpObserver {
     };
     std::vector<Held> held;
   };
+  // Where validation stands: the validator's node, the path hash and op
+  // ordinal of the iteration so far, and the locator's state. A replay moves
+  // there instead of validating the ops it stands for.
+  struct Point {
+    graph::NodeIndex position = graph::kEntry;
+    uint64_t path = 0;
+    uint32_t ordinal = 0;
+    OpLocator::State locator;
+    void Hash(graph::HashWriter& h) const {
+      h.U32(position);
+      h.U64(path);
+      h.U32(ordinal);
+    }
+  };
+  Point Here() const { return {validator_.position(), path_hash_, op_ordinal_, locator_->Save()}; }
+  void MoveTo(const Point& p) {
+    validator_.JumpTo(p.position);
+    locator_->Restore(p.locator);
+    path_hash_ = p.path;
+    op_ordinal_ = p.ordinal;
+  }
   struct LearnedBackward {
     std::shared_ptr<BackwardSegment> segment;
     std::vector<ExternalSource> externals;
@@ -224,6 +245,7 @@ class CoExecutor final : public OpObserver {
       uint32_t value = 0;
       TensorLayout layout;  // the .grad AccumulateGrad made, on the value's memory
       uint32_t hook = 0;    // the first hook call (index in hooks) that saw it; hooks.size(): none
+      uint32_t same_as = 0; // the first NewGrad of the same value (itself if none): one future
     };
     std::vector<NewGrad> new_grads;
     // The deferrable hooks the engine called, in order. A replay commits the
@@ -236,19 +258,11 @@ class CoExecutor final : public OpObserver {
       uint32_t after_op = 0;  // segment ops before it
       uint32_t leaf = 0;      // walk leaf index
       bool issued = false;
-      graph::NodeIndex position_before = graph::kEntry;
-      graph::NodeIndex position_after = graph::kEntry;
-      uint64_t path_before = 0;
-      uint64_t path_after = 0;
-      uint32_t ordinal_before = 0;
-      uint32_t ordinal_after = 0;
-      OpLocator::BackwardEnd locator_before;
+      Point before;
+      Point after;
     };
     std::vector<HookPoint> hooks;
-    graph::NodeIndex end_position = graph::kEntry;
-    OpLocator::BackwardEnd locator_end;
-    uint64_t path_after = 0;
-    uint32_t ordinal_after = 0;
+    Point end;  // after the backward's last op and hook
     uint64_t content = 0;
     bool ready = false;
     int disagreements = 0;

@@ -136,13 +136,13 @@ struct Work {
   // of `futures` (value id, index).
   std::shared_ptr<const BackwardSegment> segment;
   std::shared_ptr<SegmentRun> run;
+  uint32_t segment_begin = 0;
+  uint32_t segment_end = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> segment_futures;
   // A task of the program's instead of an op (a collective launched, or
   // waited for, in program order): runs with `inputs` (ordinary memory only,
   // which it may read and write) held and noted as touched.
   std::function<void()> task;
-  uint32_t segment_begin = 0;
-  uint32_t segment_end = 0;
-  std::vector<std::pair<uint32_t, uint32_t>> segment_futures;
   // Inputs fed by value (copied at Commit), with the program's tensor each
   // was copied from: filled only for the commit observer, and cleared right
   // after it, so that the Work holds no reference to the program's memory.

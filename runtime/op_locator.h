@@ -99,18 +99,19 @@ class OpLocator {
 
   uint64_t last_hash() const { return last_hash_; }
 
-  // What locating the next backward op depends on, besides the sequence
-  // numbers and leaves (which backward ops do not change): saved at the end
-  // of a backward segment co-execution learned, restored when it replays
-  // that segment without locating its ops one by one.
-  struct BackwardEnd {
+  // What locating the next op depends on, besides the sequence numbers and
+  // leaves (which backward ops do not change): saved where co-execution
+  // learned a backward segment ends (and where each of its gradient hooks
+  // starts), restored when it replays the segment without locating its ops
+  // one by one.
+  struct State {
     OrdinalTracker ordinals;
     uint64_t last_hash = 0;
   };
-  BackwardEnd SaveBackwardEnd() const { return {ordinals_, last_hash_}; }
-  void RestoreBackwardEnd(const BackwardEnd& end) {
-    ordinals_ = end.ordinals;
-    last_hash_ = end.last_hash;
+  State Save() const { return {ordinals_, last_hash_}; }
+  void Restore(const State& state) {
+    ordinals_ = state.ordinals;
+    last_hash_ = state.last_hash;
   }
 
  private:

@@ -40,6 +40,7 @@ import sys
 import sysconfig
 import threading
 import time
+import weakref
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -134,14 +135,12 @@ def deferrable_post_accumulate_grad_hook(fn, state=None):
     depend on the backward's order and on ``state()`` only (a bound method returning a
     hashable value, part of the segment's key), not on values the hook reads.
     Register the result with ``tensor.register_post_accumulate_grad_hook``."""
-    import weakref
-
     if state is not None:
         _hook_states.append(weakref.WeakMethod(state))
 
     def hook(param):
-        session = _session
-        if session is None or session.phase != "coexec":
+        session = _coexecuting()
+        if session is None:
             return fn(param)
         tracer = session.tracer
         tracer.coexec_hook_begin(param)
@@ -758,6 +757,12 @@ def stats():
     return d
 
 
+def _coexecuting():
+    """The session, when it co-executes this thread's ops; else None."""
+    s = _session
+    return s if s is not None and s.phase == "coexec" and threading.get_ident() == s.thread else None
+
+
 def fetch_for_collective():
     """Makes every co-executed value real before a terra.distributed
     collective reads or writes tensor memory directly (the communicators do
@@ -765,8 +770,8 @@ def fetch_for_collective():
     race the executor's pending writes). Drains the executor when this
     thread co-executes; otherwise does nothing. Collectives from other
     threads are not ordered with the program thread's co-executed ops."""
-    s = _session
-    if s is not None and s.phase == "coexec" and threading.get_ident() == s.thread:
+    s = _coexecuting()
+    if s is not None:
         s.tracer.coexec_fetch("collective")
 
 
@@ -776,20 +781,16 @@ def queue_all_reduce(group, tensor, op, timeout):
     ops that write ``tensor``, so the program's thread does not drain. None
     otherwise (or for a tensor it cannot queue): the caller drains
     (``fetch_for_collective``) and launches it itself."""
-    s = _session
-    if s is not None and s.phase == "coexec" and threading.get_ident() == s.thread:
-        return s.tracer.coexec_all_reduce(group, tensor, op, timeout)
-    return None
+    s = _coexecuting()
+    return s.tracer.coexec_all_reduce(group, tensor, op, timeout) if s is not None else None
 
 
 def queue_collective_wait(handle, tensor):
     """Queues the wait of a queued all-reduce when this thread co-executes:
     the ops issued after it run after the reduction, and a direct read of
     ``tensor`` waits for it (a fetch drains). False otherwise: wait here."""
-    s = _session
-    if s is not None and s.phase == "coexec" and threading.get_ident() == s.thread:
-        return s.tracer.coexec_wait(handle, tensor)
-    return False
+    s = _coexecuting()
+    return s.tracer.coexec_wait(handle, tensor) if s is not None else False
 
 
 def dot():

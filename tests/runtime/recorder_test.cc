@@ -6,8 +6,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/autograd/generated/variable_factories.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -335,7 +338,6 @@ TEST(AutogradContextTest, AReplayNamesALeafsAccumulateGradAsTheEngineDoes) {
   ASSERT_TRUE(walk.eligible) << walk.why;
   ASSERT_EQ(walk.leaves.size(), 1u);
   ASSERT_EQ(walk.leaf_functions.size(), 1u);
-  EXPECT_EQ(walk.leaf_hooked[0], 0);
   EXPECT_FALSE(CurrentBackward().active);
   {
     ScopedBackwardFunction evaluating(walk.leaf_functions[0]);
@@ -345,6 +347,35 @@ TEST(AutogradContextTest, AReplayNamesALeafsAccumulateGradAsTheEngineDoes) {
     EXPECT_EQ(ctx.accumulates_into, w.unsafeGetTensorImpl());
   }
   EXPECT_FALSE(CurrentBackward().active);
+}
+
+// A post-accumulate-grad hook that counts its calls.
+struct CountingHook : torch::autograd::PostAccumulateGradHook {
+  int* calls;
+  explicit CountingHook(int* c) : calls(c) {}
+  void operator()(const torch::autograd::Variable&) override { ++*calls; }
+};
+
+TEST(AutogradContextTest, OnlyDeferrableHooksLeaveABackwardReplayable) {
+  // A leaf's post-accumulate-grad hook keeps the backward op by op unless the
+  // deferrable-hook check (the Python bindings' in Terra) accepts it; a
+  // replay then runs the hook itself, as AccumulateGrad does.
+  at::Tensor w = torch::ones({2}, at::TensorOptions().requires_grad(true));
+  at::Tensor loss = (w * 3).sum();
+  const AutogradGraphWalk plain = WalkAutogradGraph(loss);
+  ASSERT_TRUE(plain.eligible) << plain.why;
+  int calls = 0;
+  torch::autograd::impl::set_post_acc_grad_hooks(w, std::make_unique<CountingHook>(&calls));
+  AutogradGraphWalk walk = WalkAutogradGraph(loss);
+  EXPECT_FALSE(walk.eligible);
+  EXPECT_STREQ(walk.why, "a hook");
+  SetDeferrableHookCheck([](const at::Tensor&) { return true; });
+  walk = WalkAutogradGraph(loss);
+  SetDeferrableHookCheck(nullptr);
+  ASSERT_TRUE(walk.eligible) << walk.why;
+  EXPECT_NE(walk.signature, plain.signature);  // a segment learned without the hook is not this one
+  RunPostAccumulateGradHooks(walk.leaves[0]);
+  EXPECT_EQ(calls, 1);
 }
 
 }  // namespace
