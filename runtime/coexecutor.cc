@@ -31,6 +31,19 @@ bool MetadataMutating(const std::string& name) {
   return false;
 }
 
+// Of those, the ones that change only the sizes, strides, offset or
+// autograd flags of the tensor they are given, never its storage or data.
+bool RestridesOnly(const std::string& name) {
+  static const char* const kOps[] = {
+      "aten::as_strided_", "aten::squeeze_",  "aten::unsqueeze_", "aten::t_",
+      "aten::transpose_",  "aten::swapaxes_", "aten::swapdims_",  "aten::detach_",
+  };
+  for (const char* op : kOps) {
+    if (name == op) return true;
+  }
+  return false;
+}
+
 bool AnyRequiresGrad(c10::ArrayRef<c10::IValue> inputs) {
   return !ForEachTensorArgument(inputs, [](const at::Tensor& t, uint32_t, int32_t) { return !t.requires_grad(); });
 }
@@ -144,9 +157,14 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
     k.kind = Kind::kFetch;  // Python gets a number (or something else) computed from data
   } else if (any_view && !any_write && !mutates) {
     k.kind = Kind::kView;
+  } else if (mutates && RestridesOnly(schema.name())) {
+    // Changes only the metadata of the tensor it is given (nn.GRU's
+    // batch_first output.transpose_(0, 1)): runs here, at once, where no
+    // queued Work holds that tensor itself (TakeOver).
+    k.kind = Kind::kRestride;
   } else if (mutates && MetadataMutating(schema.name())) {
-    // Changes the tensor's metadata: Python must see the new metadata now, so
-    // it runs here, after a drain.
+    // Changes the tensor's metadata and storage: Python must see them now,
+    // so it runs here, after a drain.
     k.kind = Kind::kEager;
   } else if (mutates) {
     // Each return must alias a written argument, which Python gets back. An
@@ -177,26 +195,46 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
   return kinds_.emplace(key, std::move(k)).first->second;
 }
 
-void CoExecutor::Diverge(const c10::OperatorHandle& op) {
-  const bool debug = std::getenv("TERRA_DEBUG_DIVERGENCE") != nullptr;
-  if (stats_.first_divergence.empty() || debug) {
-    // What the graph expected instead, for the report (and the debug line).
+void CoExecutor::Diverge(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs) {
+  std::string what = op.operator_name().name;
+  if (!op.operator_name().overload_name.empty()) what += "." + op.operator_name().overload_name;
+  // The first tensor input's shape: a new shape is the commonest new path.
+  ForEachTensorArgument(inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
+    if (!t.defined()) return true;
+    what += " [";
+    for (size_t d = 0; d < static_cast<size_t>(t.dim()); ++d) what += (d ? "x" : "") + std::to_string(t.size(d));
+    what += "]";
+    return false;
+  });
+  if (std::getenv("TERRA_DEBUG_DIVERGENCE") != nullptr) {
     std::string expected;
     for (const graph::Edge& e : graph_->Successors(validator_.last_position())) {
       expected += e.to == graph::kExit ? std::string(" end-of-iteration")
                                        : " " + graph::QualifiedName(graph_->node(e.to).identity) + "@" +
                                              graph::ShortLocation(graph_->node(e.to).identity.location);
     }
-    const std::string what = op.operator_name().name + "." + op.operator_name().overload_name +
-                             " where the graph expected:" + expected;
-    if (stats_.first_divergence.empty()) stats_.first_divergence = what;
-    if (debug) std::fprintf(stderr, "terra: divergence at %s\n", what.c_str());
+    std::fprintf(stderr, "terra: divergence at %s where the graph expected:%s\n", what.c_str(), expected.c_str());
   }
-  DivergeHere(op.operator_name().name, validator_.last_position());
+  DivergeHere(what, validator_.last_position());
+}
+
+void CoExecutor::NoteFallback(const std::string& what, graph::NodeIndex after) {
+  locator_->source().CurrentFrames(&frames_);
+  graph::HashWriter h;
+  for (const graph::Frame& f : frames_) {
+    h.U64(f.code_id);
+    h.U32(f.offset);
+  }
+  h.Bytes(what);
+  h.U32(after);
+  auto [it, added] = fallback_index_.try_emplace(h.state(), fallback_points_.size());
+  if (added) fallback_points_.push_back(FallbackPoint{frames_, what, after, 0});
+  ++fallback_points_[it->second].count;
 }
 
 void CoExecutor::DivergeHere(const std::string& what, graph::NodeIndex after) {
   if (stats_.first_divergence.empty()) stats_.first_divergence = what;
+  NoteFallback(what, after);
   ++stats_.divergences;
   if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward left the TraceGraph";
   diverged_ = true;
@@ -306,6 +344,7 @@ CoExecutor::Boundary CoExecutor::EndIteration() {
     ++stats_.divergences;
     if (stats_.first_divergence.empty()) stats_.first_divergence = "the iteration ended early";
     diverged_after_ = validator_.position();
+    NoteFallback("end of iteration", diverged_after_);
   }
   executor_.Drain();
   recorder_->EndPartialIteration(diverged_after_);
@@ -321,7 +360,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
   const Validator::Outcome outcome = validator_.Check(op, inputs, /*commit_mismatch=*/false);
   if (outcome == Validator::Outcome::kIgnored) return false;
   if (outcome == Validator::Outcome::kDiverged) {
-    Diverge(op);
+    Diverge(op, inputs);
     return false;
   }
   if (segments_enabled_) {
@@ -356,10 +395,21 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
        (!kind.list_return && node.outputs.size() != kind.tensor_returns))) {
     k = Kind::kEager;
   }
+  if (k == Kind::kRestride) {
+    // A queued Work holds a future's memory through its slot, with the
+    // layout the program's tensor had when the Work was committed, and an
+    // ordinary tensor itself: restriding a future, or an ordinary tensor no
+    // queued Work touches, changes nothing a queued Work sees.
+    const bool now = ForEachTensorArgument(inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
+      return SlotOf(t) != nullptr || !executor_.MayBeQueued(t);
+    });
+    k = now ? Kind::kView : Kind::kEager;
+  }
   switch (k) {
     case Kind::kView:
       ++stats_.eager;
       return false;
+    case Kind::kRestride:  // decided above
     case Kind::kFetch:
     case Kind::kEager:
       // Runs here, on real inputs: everything before it must have run.

@@ -47,6 +47,17 @@ struct WaitPoint {
   double wait_s = 0;
 };
 
+// Where the program left the TraceGraph (a fallback), aggregated: its
+// location, what it issued there (an op with its first input's shape, or the
+// end of the iteration), and the node it left after, whose successors are
+// what the graph expected instead.
+struct FallbackPoint {
+  std::vector<graph::Frame> frames;  // the program's frames, innermost last
+  std::string what;
+  graph::NodeIndex after = graph::kEntry;
+  uint64_t count = 0;
+};
+
 struct CoExecutionStats {
   uint64_t submitted = 0;  // ops handed to the executor
   uint64_t eager = 0;      // ops run here: views, fetches, unpredictable nodes
@@ -154,10 +165,15 @@ class CoExecutor final : public OpObserver {
   }
   // Waits by program location, in first-seen order.
   const std::vector<WaitPoint>& wait_points() const { return wait_points_; }
+  // Fallbacks by program location, in first-seen order (nodes of the graph
+  // this co-executor was given).
+  const std::vector<FallbackPoint>& fallback_points() const { return fallback_points_; }
   Executor& executor() { return executor_; }
 
  private:
-  enum class Kind : uint8_t { kView, kInPlace, kFetch, kCompute, kEager };
+  // kRestride: an in-place op that changes only its argument's metadata
+  // (transpose_): a view where no queued Work holds the tensor, else kEager.
+  enum class Kind : uint8_t { kView, kRestride, kInPlace, kFetch, kCompute, kEager };
   struct OpKind {
     Kind kind = Kind::kEager;
     std::vector<int> returned_args;  // in-place: argument index each return aliases
@@ -170,7 +186,9 @@ class CoExecutor final : public OpObserver {
     int output_mask = -1;
   };
   const OpKind& KindOf(const c10::OperatorHandle& op);
-  void Diverge(const c10::OperatorHandle& op);
+  void Diverge(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs);
+  // Counts a fallback at the program's current location.
+  void NoteFallback(const std::string& what, graph::NodeIndex after);
   // Whether an op on these arguments can run here at once, in program
   // order, without a drain: every tensor is in ordinary memory that no
   // queued Work reads or writes.
@@ -348,6 +366,8 @@ class CoExecutor final : public OpObserver {
   std::shared_ptr<BackwardMemory> memory_;
   std::unique_ptr<Learning> learning_;
   std::unordered_map<uint64_t, size_t> wait_index_;  // hash of (frames, what) -> wait_points_
+  std::vector<FallbackPoint> fallback_points_;
+  std::unordered_map<uint64_t, size_t> fallback_index_;  // hash of (frames, what, after)
 };
 
 }  // namespace terra::runtime

@@ -228,6 +228,7 @@ class Tracer {
       coexec_->executor().Drain();
       total_ += coexec_->stats();
       MergeWaits(coexec_->wait_points());
+      MergeFallbacks(*coexec_, &fallbacks_);
     }
     coexec_.reset();
   }
@@ -240,7 +241,23 @@ class Tracer {
     d["eager"] = st.eager;
     d["fetches"] = st.fetches;
     d["divergences"] = st.divergences;
-    d["first_divergence"] = st.first_divergence;
+    // Where the program left the TraceGraph, in first-seen order, each with
+    // what the graph expected there.
+    std::vector<FallbackRow> fallbacks = fallbacks_;
+    if (coexec_) MergeFallbacks(*coexec_, &fallbacks);
+    py::list fallback_list;
+    for (const FallbackRow& f : fallbacks) {
+      py::dict row;
+      row["where"] = f.where;
+      row["what"] = f.what;
+      row["expected"] = f.expected;
+      row["count"] = f.count;
+      fallback_list.append(std::move(row));
+    }
+    d["fallback_points"] = fallback_list;
+    d["first_divergence"] = fallbacks.empty() ? st.first_divergence
+                                              : fallbacks.front().what + " at " + fallbacks.front().where +
+                                                    "; the TraceGraph expected " + fallbacks.front().expected;
     d["executor_busy_s"] = st.executor_busy_s;
     d["fetch_wait_s"] = st.fetch_wait_s;
     d["fed_by_value"] = st.fed_by_value;
@@ -386,7 +403,42 @@ class Tracer {
     }
   }
 
+  // A fallback point, named: locations through the describer, and what the
+  // graph expected there as its successors of the node left after.
+  struct FallbackRow {
+    std::string where;
+    std::string what;
+    std::string expected;
+    uint64_t count = 0;
+  };
+  // Adds `coexec`'s fallbacks (named on the graph it co-executes, which is
+  // coexec_graph_) to `rows`, one row per (where, what, expected).
+  void MergeFallbacks(const runtime::CoExecutor& coexec, std::vector<FallbackRow>* rows) {
+    if (coexec.fallback_points().empty() || !coexec_graph_) return;
+    runtime::LocationNamer namer(*coexec_graph_, Describer());
+    constexpr size_t kListed = 3;  // successors named; the rest counted
+    for (const runtime::FallbackPoint& p : coexec.fallback_points()) {
+      FallbackRow row{frames_.Describe(p.frames), p.what, "", p.count};
+      const std::vector<graph::Edge>& next = coexec_graph_->Successors(p.after);
+      for (size_t i = 0; i < next.size() && i < kListed; ++i) {
+        row.expected += (i ? " or " : "") + namer.Node(next[i].to);
+      }
+      if (next.size() > kListed) row.expected += " or " + std::to_string(next.size() - kListed) + " more";
+      if (next.empty()) row.expected = "nothing (a node without successors)";
+      auto same = [&](const FallbackRow& r) {
+        return r.where == row.where && r.what == row.what && r.expected == row.expected;
+      };
+      auto it = std::find_if(rows->begin(), rows->end(), same);
+      if (it == rows->end()) {
+        rows->push_back(std::move(row));
+      } else {
+        it->count += row.count;
+      }
+    }
+  }
+
   runtime::CoExecutionStats total_;
+  std::vector<FallbackRow> fallbacks_;  // of finished co-execution runs
   std::vector<runtime::WaitPoint> waits_;  // of finished co-execution runs
   std::unordered_map<std::string, size_t> wait_index_;
 };

@@ -584,8 +584,16 @@ class _Session:
                          "(all-reduce launches and waits)\n")
             if self.coexec_started_at is not None:
                 text += f"  co-execution started with iteration {self.coexec_started_at}\n"
-            if c["first_divergence"]:
-                text += f"  first fallback: {c['first_divergence']}\n"
+            fallbacks = c.get("fallback_points") or []
+            if fallbacks:
+                unfinished = c["divergences"] - self.fallbacks
+                text += ("  where the program left the TraceGraph (fallbacks, first seen first"
+                         + (f"; {unfinished} in the last iteration, which the program ended before its boundary"
+                            if unfinished > 0 else "") + "):\n")
+                for f in fallbacks[:_REPORT_WAIT_POINTS]:
+                    text += f"    {f['count']:6d}x  {f['where']}  {f['what']}; the graph expected {f['expected']}\n"
+                if len(fallbacks) > _REPORT_WAIT_POINTS:
+                    text += f"    ... and {len(fallbacks) - _REPORT_WAIT_POINTS} more\n"
             points = c.get("fetch_points") or []
             if points:
                 text += "  where Python waited for the executor (longest first):\n"

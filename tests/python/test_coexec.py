@@ -322,10 +322,36 @@ def raising_deferrable_hook(steps):
     return out, params(model)
 
 
+def batch_first_rnn(steps):
+    # nn.GRU and nn.LSTM with batch_first transpose their output in place
+    # (transpose_); the program restrides futures and its own tensors in
+    # place too. None of it needs the executor's values.
+    torch.manual_seed(0)
+    gru = nn.GRU(4, 8, batch_first=True)
+    lstm = nn.LSTM(8, 6, batch_first=True)
+    head = nn.Linear(6, 1)
+    models = (gru, lstm, head)
+    opt = torch.optim.Adam([p for m in models for p in m.parameters()], lr=0.01)
+    out = []
+    for i in range(steps):
+        x = torch.randn(3, 5, 4)
+        y, _ = gru(x)
+        y, _ = lstm(y)
+        z = head(y[:, -1])  # (3, 1)
+        z.t_()  # a future, restrided: (1, 3)
+        z.unsqueeze_(0)
+        target = torch.randn(3, 1)
+        target.t_()  # the program's own tensor
+        loss = (z.squeeze(0) - target).pow(2).mean()
+        train_step(opt, loss, out)
+    return out, params(*models)
+
+
 SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_update_and_clip, lbfgs,
                                      two_models, checkpoint, reused_numpy_buffer,
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
-                                     hooked_backward, deferrable_hooks, raising_deferrable_hook)}
+                                     hooked_backward, deferrable_hooks, raising_deferrable_hook,
+                                     batch_first_rnn)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -342,7 +368,8 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
 @pytest.mark.parametrize("scenario", ["item_and_print", "numpy_between", "manual_update_and_clip",
                                       "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer",
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
-                                      "hooked_backward", "deferrable_hooks", "raising_deferrable_hook"])
+                                      "hooked_backward", "deferrable_hooks", "raising_deferrable_hook",
+                                      "batch_first_rnn"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -377,6 +404,11 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
         assert any(w.startswith("a gradient hook of a replayed backward") for w in waits), result
     if scenario == "raising_deferrable_hook":
         assert result["coexec"]["backward_replayed"] > 0 and result["coexec"]["fallbacks"] >= 1, result
+    if scenario == "batch_first_rnn":
+        # In-place restrides run at once: no drain for them.
+        waits = [w["what"] for w in result["coexec"]["fetch_points"]]
+        assert not any("runs eagerly" in w for w in waits), result
+        assert result["coexec"]["backward_replayed"] > 0, result
     if scenario == "hooked_backward":
         assert result["coexec"]["backward_replayed"] == 0, result
         assert result["coexec"]["backward_not_replayed"] == "a hook", result
@@ -477,6 +509,49 @@ def test_report_lists_where_python_waited(tmp_path):
     assert item_row and numpy_row, report
     assert item_row[1] >= 5 and numpy_row[1] >= 5, report  # once per co-executed iteration
     assert item_row[0] >= 0 and numpy_row[0] >= 0
+
+
+FALLBACKS = '''
+import torch
+import torch.nn as nn
+
+torch.manual_seed(0)
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x = torch.randn(8, 4)
+for i in range(16):
+    h = model(x)
+    if i >= 10:
+        h = h.tanh()  # <new>
+    loss = h.pow(2).mean()  # <old>
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print("done", loss.item())  # <last>: a read where the graph expected the next forward
+'''
+
+
+def test_report_names_each_fallback_at_its_line(tmp_path):
+    # Each place the program left the TraceGraph: its line, the op it issued
+    # there (with its first input's shape), and what the graph expected, by
+    # line; a fallback in the unfinished last iteration is counted apart.
+    prog = tmp_path / "prog.py"
+    prog.write_text(FALLBACKS)
+    lines = FALLBACKS.splitlines()
+    line = {tag: next(i + 1 for i, text in enumerate(lines) if f"<{tag}>" in text) for tag in ("new", "old", "last")}
+    proc = subprocess.run(["terrarun", "--mode", "coexec", "--report", str(prog)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = re.search(r"co-execution: \d+ iterations, (\d+) fallbacks", proc.stderr)
+    assert m and int(m.group(1)) == 1, proc.stderr[-3000:]  # the new path is learned at once
+    report = proc.stderr[proc.stderr.index("where the program left the TraceGraph"):]
+    assert "1 in the last iteration" in report.splitlines()[0], report
+    rows = [r for r in report.splitlines()[1:] if "the graph expected" in r]
+    new = next((r for r in rows if f"prog.py:{line['new']} in " in r), None)
+    assert new and "1x" in new and "aten::tanh [8x2]" in new, report
+    assert f"aten::pow.Tensor_Scalar [8x2] (prog.py:{line['old']} in " in new, report
+    last = next((r for r in rows if f"prog.py:{line['last']} in " in r), None)
+    assert last and "aten::_local_scalar_dense" in last and "aten::t [2x4]" in last, report
 
 
 LITERALS = '''
