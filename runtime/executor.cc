@@ -246,7 +246,10 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
       if (commit_observer_) work.fed.push_back({i, element, t.storage(), TensorLayout::Of(t)});
       return CopyNow(t);
     }
-    if (t.defined() && t.has_storage()) referenced_[t.storage().unsafeGetStorageImpl()] = seq + 1;
+    // A Python number the op took as a tensor (`y * 0.5`) is the op's own:
+    // made for this call, never seen by the program, so never read or
+    // written by anything after it.
+    if (t.defined() && t.has_storage() && !t.unsafeGetTensorImpl()->is_wrapped_number()) Reference(t, seq);
     return std::nullopt;
   };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
@@ -437,7 +440,7 @@ void Executor::TakeArguments(Work& work, uint64_t seq) {
   if (work.task) {
     ForEachTensorArgument(work.inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
       TERRA_INTERNAL_CHECK(SlotOf(t) == nullptr, work.where, ": a task of the program's holds a future");
-      if (t.has_storage()) referenced_[t.storage().unsafeGetStorageImpl()] = seq + 1;
+      if (t.has_storage()) Reference(t, seq);
       return true;
     });
     return;
@@ -534,13 +537,6 @@ void Executor::AwaitValues(c10::ArrayRef<c10::IValue> values) {
     return;
   }
   Materialize(done);
-  if (referenced_.size() > prune_referenced_at_) {
-    for (auto it = referenced_.begin(); it != referenced_.end();) {
-      it = it->second <= done ? referenced_.erase(it) : std::next(it);
-    }
-    // Amortized: what is still queued is not scanned again at every read.
-    prune_referenced_at_ = std::max<size_t>(1024, 2 * referenced_.size());
-  }
   if (synchronous_) {
     std::lock_guard<std::mutex> lock(mu_);
     if (error_) ThrowError();
@@ -580,6 +576,18 @@ void Executor::Materialize(uint64_t done) {
   } else {
     materialized_ = i;
   }
+}
+
+void Executor::Reference(const c10::StorageImpl* storage, uint64_t seq) {
+  referenced_[storage] = seq + 1;
+  if (referenced_.size() <= prune_referenced_at_) return;
+  // Drops the storages whose last Work has run. Amortized: what is still
+  // queued is not scanned again before the map has doubled.
+  const uint64_t done = tail_.load(std::memory_order_acquire);
+  for (auto it = referenced_.begin(); it != referenced_.end();) {
+    it = it->second <= done ? referenced_.erase(it) : std::next(it);
+  }
+  prune_referenced_at_ = std::max<size_t>(1024, 2 * referenced_.size());
 }
 
 bool Executor::MayBeQueued(const at::Tensor& t) const {
@@ -649,7 +657,7 @@ void Executor::NoteSegmentExternals(Work& work, uint64_t seq) {
     if (e.slot) {
       if (segment.external_written[i] != 0) e.slot->SetWriter(id_, seq);
     } else if (e.storage) {
-      referenced_[e.storage.unsafeGetStorageImpl()] = seq + 1;
+      Reference(e.storage.unsafeGetStorageImpl(), seq);
     }
   }
 }

@@ -318,7 +318,11 @@ class Executor {
   // sequence number of the last such Work (program's thread only; entries of
   // Works that have run are pruned at drains).
   std::unordered_map<const c10::StorageImpl*, uint64_t> referenced_;
-  size_t prune_referenced_at_ = 1024;  // referenced_'s size that prunes it at a read
+  size_t prune_referenced_at_ = 1024;  // referenced_'s size that prunes it
+  // Notes that Work `seq` touches `storage` (ordinary memory), pruning the
+  // storages whose Works have all run once the map has grown.
+  void Reference(const c10::StorageImpl* storage, uint64_t seq);
+  void Reference(const at::Tensor& t, uint64_t seq) { Reference(t.storage().unsafeGetStorageImpl(), seq); }
   std::unordered_map<const c10::OperatorName*, uint64_t> written_arguments_;  // by op
   double drain_wait_s_ = 0;
   std::atomic<uint64_t> busy_ns_{0};
