@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <ATen/ScalarOps.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
@@ -117,7 +118,54 @@ void TuneMallocOnce() {
   (void)tuned;
 }
 
+// Results' memory the program's thread let go of, for an executor thread to
+// free. glibc serves each thread from its own arena and keeps a small
+// per-thread cache: memory allocated on the executor and freed on the
+// program's thread overflows that cache and then takes the executor's arena
+// lock, against the executor allocating (`perf`: futex wakes from glibc's
+// lock, and malloc's slow paths, were a quarter of the program's thread in
+// a chain of tiny co-executed ops). Process-wide, since a slot may outlive
+// its executor (co-execution restarts on a grown graph); freed at once when
+// no executor thread runs.
+struct ReturnedMemory {
+  std::mutex mu;
+  std::vector<c10::Storage> storages;
+  std::atomic<size_t> pending{0};
+  int executor_threads = 0;
+
+  static ReturnedMemory& Get() {
+    static ReturnedMemory* returned = new ReturnedMemory;  // never destroyed: slots die at exit too
+    return *returned;
+  }
+  // Executor thread: frees what was returned.
+  void Free() {
+    if (pending.load(std::memory_order_relaxed) == 0) return;
+    std::vector<c10::Storage> taken;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      taken.swap(storages);
+      pending.store(0, std::memory_order_relaxed);
+    }
+  }
+};
+
+thread_local bool t_executor_thread = false;
+
 }  // namespace
+
+void Slot::ReturnStorage() {
+  if (!storage) return;
+  if (!t_executor_thread) {
+    ReturnedMemory& returned = ReturnedMemory::Get();
+    std::unique_lock<std::mutex> lock(returned.mu);
+    if (returned.executor_threads > 0) {
+      returned.storages.push_back(std::move(storage));
+      returned.pending.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  storage = c10::Storage();
+}
 
 void ProgramThreadPool::Release() {
   if (released_) return;
@@ -185,6 +233,28 @@ bool ForeignMemory(const at::Tensor& t) {
   if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
   const c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
   return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
+}
+
+}  // namespace
+
+namespace {
+
+// The value of a Python number an op took as a tensor (a 0-dim CPU wrapped
+// number of the types Python numbers become), read without an op: the
+// program's thread may be inside an intercepted one.
+std::optional<c10::Scalar> WrappedValue(const at::Tensor& t) {
+  if (!t.defined() || !t.unsafeGetTensorImpl()->is_wrapped_number() || !t.device().is_cpu() || t.dim() != 0 ||
+      !t.has_storage() || t.storage().data() == nullptr) {
+    return std::nullopt;
+  }
+  const void* p = static_cast<const char*>(t.storage().data()) + t.storage_offset() * t.dtype().itemsize();
+  switch (t.scalar_type()) {
+    case c10::ScalarType::Double: return c10::Scalar(*static_cast<const double*>(p));
+    case c10::ScalarType::Long: return c10::Scalar(*static_cast<const int64_t*>(p));
+    case c10::ScalarType::Bool: return c10::Scalar(*static_cast<const bool*>(p));
+    case c10::ScalarType::ComplexDouble: return c10::Scalar(*static_cast<const c10::complex<double>*>(p));
+    default: return std::nullopt;
+  }
 }
 
 }  // namespace
@@ -337,7 +407,7 @@ at::Tensor TensorLayout::On(c10::Storage storage, int64_t shift) const {
 }
 
 at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
-                      c10::Device device, FutureOutput* output) {
+                      c10::Device device, FutureOutput* output, std::string* not_ready) {
   // No memory: Drain points the storage at its slot's memory once filled.
   const size_t nbytes = at::detail::computeStorageNbytes(sizes, strides, c10::elementSize(dtype));
   auto slot = c10::make_intrusive<Slot>();
@@ -345,7 +415,8 @@ at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::Sca
       c10::StorageImpl::use_byte_size_t(), c10::SymInt(static_cast<int64_t>(nbytes)),
       SlotDataPtr(nullptr, slot.get(), device), c10::GetAllocator(device.type()),
       /*resizable=*/false);
-  storage->release_data_and_set_meta_custom_data_ptr_error_msg_(kNotReady);
+  storage->release_data_and_set_meta_custom_data_ptr_error_msg_(
+      not_ready != nullptr && !not_ready->empty() ? std::move(*not_ready) : std::string(kNotReady));
   at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(
       c10::Storage(std::move(storage)),
       c10::DispatchKeySet(c10::computeDispatchKey(dtype, c10::kStrided, device)),
@@ -419,7 +490,8 @@ at::Tensor Executor::NewFuture(const graph::TensorMeta& meta, FutureOutput* outp
   at::Tensor t = MakeFuture(meta.sizes, meta.strides, static_cast<c10::ScalarType>(meta.dtype),
                             c10::Device(static_cast<c10::DeviceType>(meta.device_type),
                                         static_cast<c10::DeviceIndex>(meta.device_index)),
-                            output);
+                            output, spare_messages_.empty() ? nullptr : &spare_messages_.back());
+  if (!spare_messages_.empty()) spare_messages_.pop_back();
   output->meta = &meta;
   const uint64_t seq = head_.load(std::memory_order_relaxed);  // the Work being filled
   SlotOf(t)->SetWriter(id_, seq);
@@ -453,6 +525,16 @@ void Executor::TakeArguments(Work& work, uint64_t seq) {
   if (commit_observer_) {
     commit_observer_(work);
     work.fed.clear();
+  }
+  // After the observer: a backward segment records the wrapped numbers as
+  // tensors, as the op received them.
+  for (uint32_t i = 0; i < work.inputs.size(); ++i) {
+    c10::IValue& v = work.inputs[i];
+    if (!v.isTensor()) continue;
+    if (std::optional<c10::Scalar> value = WrappedValue(v.toTensor())) {
+      work.wrapped.push_back({i, v.toTensor().scalar_type()});
+      v = c10::IValue(*value);
+    }
   }
 }
 
@@ -565,6 +647,10 @@ void Executor::Materialize(uint64_t done) {
     if (!slot->storage) continue;  // its op failed or was skipped: stays guarded
     storage->set_data_ptr_noswap(
         SlotDataPtr(slot->storage.unsafeGetStorageImpl()->mutable_data(), slot, ptr.device()));
+    // The guard's message goes back to the next future: one allocation of
+    // it per future less.
+    std::optional<std::string>& message = storage->get_extra_meta().custom_data_ptr_error_msg_;
+    if (message && spare_messages_.size() < kSpareMessages) spare_messages_.push_back(std::move(*message));
     storage->clear_data_ptr_access_error_msg_();
   }
   if (i == unmaterialized_.size()) {
@@ -603,8 +689,15 @@ double Executor::busy_seconds() const {
 void Executor::Loop() {
   pthread_setname_np(pthread_self(), "terra-executor");  // for top, perf and gdb
   UseIntraOpThreads();
+  t_executor_thread = true;
+  ReturnedMemory& returned = ReturnedMemory::Get();
+  {
+    std::lock_guard<std::mutex> lock(returned.mu);
+    ++returned.executor_threads;
+  }
   uint64_t tail = 0;
   while (true) {
+    returned.Free();
     if (head_.load(std::memory_order_acquire) == tail) {
       // Idle: spin a while (the program issues the next op within
       // microseconds), then park until Commit wakes us.
@@ -616,11 +709,23 @@ void Executor::Loop() {
         if ((i & 63) == 0 && std::chrono::steady_clock::now() > spin_until) break;
       }
       if (!more) {
+        returned.Free();  // before a nap of unknown length
         std::unique_lock<std::mutex> lock(mu_);
         executor_parked_.store(true);
         wake_executor_.wait(lock, [&] { return stop_.load() || head_.load() != tail; });
         executor_parked_.store(false);
-        if (head_.load() == tail) return;  // stopping, nothing queued
+        if (head_.load() == tail) {  // stopping, nothing queued
+          lock.unlock();
+          std::vector<c10::Storage> left;
+          {
+            std::lock_guard<std::mutex> returned_lock(returned.mu);
+            if (--returned.executor_threads == 0) {
+              left.swap(returned.storages);  // freed here: no other executor thread is left
+              returned.pending.store(0, std::memory_order_relaxed);
+            }
+          }
+          return;
+        }
       }
       continue;
     }
@@ -740,7 +845,10 @@ void Executor::Run(Work& work) {
     RunSegment(work);
     return;
   }
-  torch::jit::Stack stack = std::move(work.inputs);
+  // In place: the ring entry keeps the vector's memory for the next op the
+  // program's thread moves in (moved out, it was allocated there and freed
+  // here once per op).
+  torch::jit::Stack& stack = work.inputs;
   for (const auto& [slot, meta] : work.fresh) {
     if (slot->storage) continue;
     slot->storage = at::empty_strided(meta->sizes, meta->strides,
@@ -749,6 +857,11 @@ void Executor::Run(Work& work) {
                                           .device(static_cast<c10::DeviceType>(meta->device_type),
                                                   static_cast<c10::DeviceIndex>(meta->device_index)))
                         .storage();
+  }
+  for (const Work::Wrapped& w : work.wrapped) {
+    at::Tensor number = at::detail::scalar_tensor_static(stack[w.arg].toScalar(), w.dtype, at::kCPU);
+    number.unsafeGetTensorImpl()->set_wrapped_number(true);
+    stack[w.arg] = c10::IValue(std::move(number));
   }
   for (const SlotArgument& a : work.slot_args) {
     c10::IValue& v = stack[a.arg];

@@ -68,6 +68,14 @@ namespace terra::runtime {
 // at the next Drain.
 struct Slot : c10::intrusive_ptr_target {
   c10::Storage storage;
+  // The last reference went: an executor thread allocated `storage`'s
+  // memory, so one frees it (ReturnedMemory), where glibc takes it back
+  // without locking another thread's arena and hands it to that thread's
+  // next result hot. (intrusive_ptr calls release_resources only while weak
+  // references remain, and otherwise just deletes.)
+  ~Slot() override { ReturnStorage(); }
+  void release_resources() override { ReturnStorage(); }
+  void ReturnStorage();
   // Program's thread only: 1 + the sequence number of the last Work submitted
   // that writes this value (its producer, or an in-place op on it), in the
   // executor `writer`; a read of the value waits for that Work only. A value
@@ -153,6 +161,15 @@ struct Work {
     TensorLayout layout;
   };
   std::vector<FedInput> fed;
+  // Python numbers the op took as tensors (`y * 0.5`), held as their value
+  // (at `arg`, a Scalar) and rebuilt as a wrapped number of `dtype` on the
+  // executor thread: made and freed on the thread that uses them, instead of
+  // three small allocations per op of the program's freed on the executor.
+  struct Wrapped {
+    uint32_t arg = 0;
+    c10::ScalarType dtype = c10::ScalarType::Double;
+  };
+  std::vector<Wrapped> wrapped;
 
   // Empties the entry for reuse, keeping the vectors' capacity.
   void Clear() {
@@ -170,6 +187,7 @@ struct Work {
     segment_begin = segment_end = 0;
     segment_futures.clear();
     fed.clear();
+    wrapped.clear();
   }
 };
 
@@ -185,8 +203,9 @@ at::Tensor CopyNow(const at::Tensor& t);
 // A tensor with the given layout whose storage has no memory yet and is
 // guarded, so that reading or writing its data throws (the safety net for a
 // read Terra did not foresee). Without an executor: a future never filled.
+// `not_ready`: the guard's message to move in (a spare one), or null.
 at::Tensor MakeFuture(c10::IntArrayRef sizes, c10::IntArrayRef strides, c10::ScalarType dtype,
-                      c10::Device device, FutureOutput* output = nullptr);
+                      c10::Device device, FutureOutput* output = nullptr, std::string* not_ready = nullptr);
 
 // Runs a blocking wait of the program's thread. The Python layer wraps waits
 // so that they release the GIL: the executor thread may need it, since
@@ -319,6 +338,9 @@ class Executor {
   // Works that have run are pruned at drains).
   std::unordered_map<const c10::StorageImpl*, uint64_t> referenced_;
   size_t prune_referenced_at_ = 1024;  // referenced_'s size that prunes it
+  // Guard messages of materialized futures, for new ones (program's thread).
+  static constexpr size_t kSpareMessages = 4096;
+  std::vector<std::string> spare_messages_;
   // Notes that Work `seq` touches `storage` (ordinary memory), pruning the
   // storages whose Works have all run once the map has grown.
   void Reference(const c10::StorageImpl* storage, uint64_t seq);

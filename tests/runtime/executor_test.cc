@@ -3,6 +3,7 @@
 #include "runtime/executor.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
 
 #include <torch/library.h>
@@ -112,6 +113,89 @@ TEST(ExecutorTest, AnOutputTheProgramDroppedIsNotFilled) {
     at::Tensor dropped = Submit(ex, "aten::mul", "Scalar", {at::ones({2}), c10::Scalar(2.0)}, meta);
   }
   EXPECT_NO_THROW(ex.Drain());  // nothing to fill, no error
+}
+
+// The CPU allocator, recording which thread frees each allocation.
+class FreeingThreadAllocator final : public c10::Allocator {
+ public:
+  explicit FreeingThreadAllocator(c10::Allocator* base) : base_(base) {}
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr inner = base_->allocate(n);
+    void* data = inner.get();
+    const c10::Device device = inner.device();
+    return c10::DataPtr(data, new Inner{std::move(inner)}, &Free, device);
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+  static std::atomic<int> freed_on_main;
+  static std::atomic<int> freed_elsewhere;
+  static std::thread::id main;
+
+ private:
+  struct Inner {
+    c10::DataPtr data;
+  };
+  static void Free(void* context) {
+    (std::this_thread::get_id() == main ? freed_on_main : freed_elsewhere).fetch_add(1);
+    delete static_cast<Inner*>(context);
+  }
+  c10::Allocator* base_;
+};
+std::atomic<int> FreeingThreadAllocator::freed_on_main{0};
+std::atomic<int> FreeingThreadAllocator::freed_elsewhere{0};
+std::thread::id FreeingThreadAllocator::main;
+
+// glibc frees fastest, and without another thread's arena lock, on the
+// thread that allocated: a result's memory the program lets go of goes back
+// to the executor thread that made it, which frees it before its next op or
+// nap; without an executor thread it is freed at once.
+TEST(ExecutorTest, AResultsMemoryIsFreedByTheExecutorThread) {
+  c10::Allocator* base = c10::GetCPUAllocator();
+  FreeingThreadAllocator recording(base);
+  FreeingThreadAllocator::main = std::this_thread::get_id();
+  c10::SetCPUAllocator(&recording, /*priority=*/100);
+  const graph::TensorMeta meta{6, 0, -1, {64}, {1}};
+  const at::Tensor ones = at::ones({64});  // allocated before: not counted
+  {
+    Executor ex;
+    std::vector<at::Tensor> results;
+    for (int i = 0; i < 8; ++i) results.push_back(Submit(ex, "aten::mul", "Scalar", {ones, c10::Scalar(2.0)}, meta));
+    ex.Drain();
+    EXPECT_TRUE(results.back().equal(at::full({64}, 2.0)));
+    FreeingThreadAllocator::freed_on_main = 0;
+    FreeingThreadAllocator::freed_elsewhere = 0;
+    results.clear();  // the program lets go of all eight
+    Submit(ex, "aten::mul", "Scalar", {ones, c10::Scalar(3.0)}, meta);  // the executor's next op
+    ex.Drain();
+    EXPECT_EQ(FreeingThreadAllocator::freed_on_main.load(), 0);
+    EXPECT_GE(FreeingThreadAllocator::freed_elsewhere.load(), 8);
+  }
+  {
+    Executor ex(/*synchronous=*/true);  // no executor thread
+    at::Tensor r = Submit(ex, "aten::mul", "Scalar", {ones, c10::Scalar(2.0)}, meta);
+    FreeingThreadAllocator::freed_on_main = 0;
+    r.reset();
+    EXPECT_EQ(FreeingThreadAllocator::freed_on_main.load(), 1);
+  }
+  c10::SetCPUAllocator(base, /*priority=*/100);
+}
+
+// A Python number the op took as a tensor is held as its value and rebuilt
+// on the executor thread, still a wrapped number (which does not promote a
+// float32 tensor to float64).
+TEST(ExecutorTest, APythonNumberReachesTheKernelAsAWrappedNumber) {
+  Executor ex;
+  const graph::TensorMeta meta{6, 0, -1, {3}, {1}};  // float32
+  const at::Tensor a = at::full({3}, 3.0f);
+  at::Tensor number = at::scalar_tensor(0.1, at::kDouble);
+  number.unsafeGetTensorImpl()->set_wrapped_number(true);
+  const at::Tensor expected = at::mul(a, number);
+  ASSERT_EQ(expected.scalar_type(), at::kFloat);
+  at::Tensor f = Submit(ex, "aten::mul", "Tensor", {a, number}, meta);
+  EXPECT_EQ(number.use_count(), 1u);  // the queued Work holds its value, not the tensor
+  ex.Drain();
+  EXPECT_TRUE(f.equal(expected));
 }
 
 // Autograd reads use_count() of gradients and of their storages to choose
