@@ -218,7 +218,7 @@ void CoExecutor::Diverge(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValu
   DivergeHere(what, validator_.last_position());
 }
 
-void CoExecutor::NoteFallback(const std::string& what, graph::NodeIndex after) {
+uint64_t CoExecutor::LocateHere(const std::string& what) {
   locator_->source().CurrentFrames(&frames_);
   graph::HashWriter h;
   for (const graph::Frame& f : frames_) {
@@ -226,8 +226,12 @@ void CoExecutor::NoteFallback(const std::string& what, graph::NodeIndex after) {
     h.U32(f.offset);
   }
   h.Bytes(what);
-  h.U32(after);
-  auto [it, added] = fallback_index_.try_emplace(h.state(), fallback_points_.size());
+  return h.state();
+}
+
+void CoExecutor::NoteFallback(const std::string& what, graph::NodeIndex after) {
+  const uint64_t key = graph::CombineWord(LocateHere(what), after);
+  auto [it, added] = fallback_index_.try_emplace(key, fallback_points_.size());
   if (added) fallback_points_.push_back(FallbackPoint{frames_, what, after, 0});
   ++fallback_points_[it->second].count;
 }
@@ -297,14 +301,7 @@ void CoExecutor::AwaitAt(c10::ArrayRef<c10::IValue> values, const std::string& w
 }
 
 void CoExecutor::ChargeWait(double waited, const std::string& what) {
-  locator_->source().CurrentFrames(&frames_);
-  graph::HashWriter h;
-  for (const graph::Frame& f : frames_) {
-    h.U64(f.code_id);
-    h.U32(f.offset);
-  }
-  h.Bytes(what);
-  auto [it, added] = wait_index_.try_emplace(h.state(), wait_points_.size());
+  auto [it, added] = wait_index_.try_emplace(LocateHere(what), wait_points_.size());
   if (added) wait_points_.push_back(WaitPoint{frames_, what, 0, 0});
   WaitPoint& point = wait_points_[it->second];
   ++point.count;

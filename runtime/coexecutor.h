@@ -189,6 +189,8 @@ class CoExecutor final : public OpObserver {
   void Diverge(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs);
   // Counts a fallback at the program's current location.
   void NoteFallback(const std::string& what, graph::NodeIndex after);
+  // The program's current frames into frames_; a key for them and `what`.
+  uint64_t LocateHere(const std::string& what);
   // Whether an op on these arguments can run here at once, in program
   // order, without a drain: every tensor is in ordinary memory that no
   // queued Work reads or writes.
