@@ -235,10 +235,6 @@ bool ForeignMemory(const at::Tensor& t) {
   return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
 }
 
-}  // namespace
-
-namespace {
-
 // The value of a Python number an op took as a tensor (a 0-dim CPU wrapped
 // number of the types Python numbers become), read without an op: the
 // program's thread may be inside an intercepted one.
