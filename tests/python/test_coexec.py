@@ -347,11 +347,62 @@ def batch_first_rnn(steps):
     return out, params(*models)
 
 
+def everyday_features(steps):
+    # What training scripts do between the ops: a GRU and BatchNorm, bf16
+    # autocast on some steps, label smoothing, gradient accumulation with
+    # clipping, a one-cycle schedule, an EMA of the weights under no_grad,
+    # and an evaluation in eval mode every few steps.
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.gru = nn.GRU(8, 16, batch_first=True)
+            self.head = nn.Linear(16, 5)
+            self.drop = nn.Dropout(0.2)
+
+        def forward(self, x):
+            h = torch.relu(self.bn(self.conv(x))).flatten(2).transpose(1, 2)
+            out, _ = self.gru(h)
+            return self.head(self.drop(out[:, -1]))
+
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    total = 2 * (steps + 4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=total)
+    ema = [p.detach().clone() for p in model.parameters()]
+    data, labels = torch.randn(64, 3, 6, 6), torch.randint(0, 5, (64,))
+    out = []
+    for step in range(total):
+        idx = torch.randperm(64)[:16]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=(step % 10 == 5)):
+            logits = model(data[idx])
+        loss = nn.functional.cross_entropy(logits.float(), labels[idx], label_smoothing=0.1)
+        (loss / 2).backward()
+        if step % 2 == 1:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            with torch.no_grad():
+                for e, p in zip(ema, model.parameters()):
+                    e.mul_(0.9).add_(p, alpha=0.1)
+        if step % 8 == 7:
+            model.eval()
+            with torch.no_grad():
+                out.append((model(data).argmax(1) == labels).float().mean().item())
+            model.train()
+        out.append(loss.item())
+    return out, params(model) + ema + [b.clone() for b in model.buffers()]
+
+
 SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_update_and_clip, lbfgs,
                                      two_models, checkpoint, reused_numpy_buffer,
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
                                      hooked_backward, deferrable_hooks, raising_deferrable_hook,
-                                     batch_first_rnn)}
+                                     batch_first_rnn, everyday_features)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -369,7 +420,7 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
                                       "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer",
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
                                       "hooked_backward", "deferrable_hooks", "raising_deferrable_hook",
-                                      "batch_first_rnn"])
+                                      "batch_first_rnn", "everyday_features"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -404,6 +455,8 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
         assert any(w.startswith("a gradient hook of a replayed backward") for w in waits), result
     if scenario == "raising_deferrable_hook":
         assert result["coexec"]["backward_replayed"] > 0 and result["coexec"]["fallbacks"] >= 1, result
+    if scenario == "everyday_features":
+        assert result["coexec"]["iterations"] >= 5, result
     if scenario == "batch_first_rnn":
         # In-place restrides run at once: no drain for them.
         waits = [w["what"] for w in result["coexec"]["fetch_points"]]
