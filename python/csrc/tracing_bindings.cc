@@ -102,6 +102,17 @@ class Tracer {
     runtime::DisableInterception();
   }
 
+  // In a child this process forked: the executor's thread stayed in the
+  // parent, so the co-executor is abandoned, never destroyed (its destructor
+  // would wait for that thread), and nothing is intercepted any more. The
+  // parent drained before forking where it could (terra._tracing), so the
+  // child's futures are real.
+  void ForgetAfterFork() {
+    runtime::SetFallbackObserver(nullptr);
+    runtime::DisableInterception();
+    (void)coexec_.release();
+  }
+
   runtime::Describer Describer() {
     return [this](const std::vector<graph::Frame>& f) { return frames_.Describe(f); };
   }
@@ -469,6 +480,8 @@ void BindTracing(py::module_& m) {
            py::arg("cwd"), py::arg("max_ops_per_iteration") = runtime::Recorder::kDefaultMaxOpsPerIteration)
       .def("start", &Tracer::Start, "Intercept and record this thread's ops (and autograd's).")
       .def("stop", &Tracer::Stop, "Stop intercepting on this thread.")
+      .def("forget_after_fork", &Tracer::ForgetAfterFork,
+           "In a forked child: stop intercepting and abandon the executor (its thread is the parent's).")
       .def(
           "end_iteration",
           [](Tracer& t, bool merge) {

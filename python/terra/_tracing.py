@@ -698,6 +698,38 @@ def enable(mode="trace", *, stable_after=DEFAULT_STABLE_AFTER, report=False, dot
     atexit.register(_exit_hook, _session)
 
 
+def _before_fork():
+    # The executor's thread does not come along into the child: make every
+    # value real first, so that the child can read what it inherits.
+    s = _session
+    if s is not None and s.phase == "coexec" and s.active and threading.get_ident() == s.thread:
+        s.tracer.coexec_fetch("os.fork()")
+
+
+def _after_fork_in_child():
+    """A forked child (DataLoader's workers, multiprocessing) runs eagerly: no
+    tracing, no executor, no report, no votes with the ranks."""
+    global _session
+    s, _session = _session, None
+    if s is None:
+        return
+    s.tracer.forget_after_fork()
+    s.active = False
+    s.phase = "trace"
+    s.stopped_reason = "forked"
+    s._voting = False
+    if s._hook is not None:
+        s._hook.remove()
+        s._hook = None
+    _sync.uninstall()
+    if s._backward_patch is not None:
+        s._backward_patch.remove()
+        s._backward_patch = None
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
 def _exit_hook(session):
     if session is _session or session in _finished:
         session.at_exit()

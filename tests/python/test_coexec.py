@@ -607,6 +607,65 @@ def test_report_names_each_fallback_at_its_line(tmp_path):
     assert last and "aten::_local_scalar_dense" in last and "aten::t [2x4]" in last, report
 
 
+FORKS = '''
+import os, sys
+import torch
+import terra
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(8, 4)
+
+
+def step():
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+for i in range(12):
+    loss = step()
+    if i == 8:
+        y = model(x).sum() * 2  # queued in the parent when it forks
+        pid = os.fork()
+        if pid == 0:
+            # The child runs eagerly: the same step the graph expects next, a
+            # value the parent's executor computed, the rank it came from.
+            child = [step().item(), float(y), terra.distributed.rank()]
+            try:
+                terra.distributed.barrier()
+                child.append("barrier passed")
+            except terra.TerraError as e:
+                child.append("not a rank" if "is not a rank of the job" in str(e) else str(e))
+            print("child", child, flush=True)
+            sys.exit(0)  # a normal exit: atexit handlers run in the child
+        assert os.waitpid(pid, 0)[1] == 0
+print("losses", loss.item(), flush=True)
+print("params", [p.detach().tolist() for p in model.parameters()], flush=True)
+'''
+
+
+def test_a_forked_child_runs_eagerly_and_exits(tmp_path):
+    # os.fork() while co-executing (DataLoader's workers, multiprocessing): the
+    # executor's thread stays in the parent. The child runs eagerly, reads
+    # what it inherited, is not a rank, and exits without hanging or saying
+    # goodbye for its parent; the parent goes on as eager would.
+    prog = tmp_path / "prog.py"
+    prog.write_text(FORKS)
+    outs = {}
+    for mode in ("eager", "coexec"):
+        proc = subprocess.run(["terrarun", "-np", "2", "--mode", mode, str(prog)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        outs[mode] = proc.stdout
+    for r in (0, 1):
+        lines = {m: [ln for ln in outs[m].splitlines() if ln.startswith(f"[{r}] ")] for m in outs}
+        assert lines["eager"] == lines["coexec"], (lines["eager"], lines["coexec"])
+        child = next(ln for ln in lines["coexec"] if " child " in ln)
+        assert f", {r}, 'not a rank']" in child, child
 LITERALS = '''
 import torch
 torch.use_deterministic_algorithms(True)  # fills every fresh allocation (an in-place fill_)

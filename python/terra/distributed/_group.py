@@ -1,4 +1,5 @@
 import atexit
+import ctypes
 import os
 import sys
 import time
@@ -84,6 +85,36 @@ def init(timeout=_DEFAULT_TIMEOUT_S):
     atexit.register(shutdown)
 
 
+def _after_fork_in_child():
+    """A forked child is not a rank: it leaves the job's control plane to its
+    parent. Its copies of the client and the heartbeat are never destroyed,
+    since their destructors would say goodbye as the parent's rank and wait
+    for threads that stayed in the parent."""
+    global _group
+    group = _group
+    if group is None:
+        return
+    for handle in (group.client, group.heartbeat, group.process_group):
+        if handle is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(handle))
+    # rank() and world_size() still answer (a dataset may shard by them);
+    # collectives and barriers refuse (_control_plane).
+    _group = _Group(group.rank, group.world_size, group.local_rank, None, None)
+
+
+def _control_plane(group, what):
+    """The group's client; in a forked child of a rank of several, an error."""
+    if group.client is None and group.world_size > 1:
+        raise _C.TerraError(
+            f"terra.distributed.{what}: this process was forked from rank {group.rank} (a DataLoader "
+            "worker, multiprocessing) and is not a rank of the job; run collectives and barriers in "
+            "the rank's own process")
+    return group.client
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def is_initialized():
     return _group is not None
 
@@ -110,7 +141,8 @@ def process_group():
     """This process's terra._C.ProcessGroup (collectives on tensors)."""
     group = _require()
     if group.process_group is None:
-        group.process_group = _C.ProcessGroup(group.client, group.rank, group.world_size)
+        group.process_group = _C.ProcessGroup(_control_plane(group, "process_group"), group.rank,
+                                              group.world_size)
     return group.process_group
 
 
@@ -118,7 +150,7 @@ def barrier(name="terra/barrier", timeout=_DEFAULT_TIMEOUT_S):
     """Blocks until every rank has called barrier() with the same name as
     many times; raises terra.TerraTimeoutError after `timeout` seconds."""
     group = _require()
-    if group.client is not None:
+    if _control_plane(group, "barrier") is not None:
         group.client.barrier(name, group.world_size, timeout)
 
 
