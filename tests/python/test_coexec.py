@@ -666,6 +666,50 @@ def test_a_forked_child_runs_eagerly_and_exits(tmp_path):
         assert lines["eager"] == lines["coexec"], (lines["eager"], lines["coexec"])
         child = next(ln for ln in lines["coexec"] if " child " in ln)
         assert f", {r}, 'not a rank']" in child, child
+SPAWNS = '''
+import multiprocessing as mp
+import torch
+import terra
+
+
+def child(q):
+    import terra as t  # a fresh interpreter with the rank's environment
+    q.put((t.distributed.is_initialized(), t.enabled()))
+
+
+if __name__ == "__main__":
+    m = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for i in range(6):
+        m(torch.ones(1, 2)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        if i == 4:
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            print("spawned child:", q.get(timeout=60), flush=True)
+            p.join()
+            print("child exit", p.exitcode, flush=True)
+    print("rank", terra.distributed.rank(), "done", flush=True)
+'''
+
+
+def test_a_spawned_child_is_not_a_rank(tmp_path):
+    # multiprocessing's spawn starts a fresh interpreter with the rank's
+    # environment: importing terra there neither joins the job as that rank
+    # again nor starts tracing.
+    prog = tmp_path / "prog.py"
+    prog.write_text(SPAWNS)
+    proc = subprocess.run(["terrarun", "-np", "2", "--mode", "coexec", str(prog)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for r in (0, 1):
+        assert f"[{r}] spawned child: (False, False)" in proc.stdout, proc.stdout
+        assert f"[{r}] child exit 0" in proc.stdout and f"[{r}] rank {r} done" in proc.stdout, proc.stdout
+
+
 LITERALS = '''
 import torch
 torch.use_deterministic_algorithms(True)  # fills every fresh allocation (an in-place fill_)

@@ -36,7 +36,12 @@ def _note_failure(hook):
 
 
 def _launched_by_terrarun():
-    return os.environ.get("TERRA_LAUNCHER") == "terrarun" and "TERRA_JOB_SECRET" in os.environ
+    # A process a rank started (multiprocessing's spawn, a subprocess running
+    # Python) inherits the rank's environment, but is not the rank: the rank
+    # notes its pid when it joins.
+    rank_pid = os.environ.get("TERRA_RANK_PID")
+    return (os.environ.get("TERRA_LAUNCHER") == "terrarun" and "TERRA_JOB_SECRET" in os.environ
+            and (rank_pid is None or rank_pid == str(os.getpid())))
 
 
 def _env_int(name, default=None):
@@ -76,6 +81,7 @@ def init(timeout=_DEFAULT_TIMEOUT_S):
     interval = _env_int("TERRA_HEARTBEAT_INTERVAL_MS", 1000) / 1000.0
     if not 0 <= rank_ < world:
         raise _C.TerraError(f"RANK={rank_} is outside WORLD_SIZE={world}")
+    os.environ["TERRA_RANK_PID"] = str(os.getpid())
     client = _C.ControlClient(host, port, secret, rank_, timeout)
     heartbeat = _C.Heartbeat(host, port, secret, rank_, interval)
     _group = _Group(rank_, world, local, client, heartbeat)
