@@ -282,6 +282,10 @@ class _Session:
             self.active = False
             self.phase = "trace"
             self.stopped_reason = reason
+        self._unpatch()
+
+    def _unpatch(self):
+        """Takes out the optimizer-step hook, the read hooks and the backward patch."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -718,13 +722,7 @@ def _after_fork_in_child():
     s.phase = "trace"
     s.stopped_reason = "forked"
     s._voting = False
-    if s._hook is not None:
-        s._hook.remove()
-        s._hook = None
-    _sync.uninstall()
-    if s._backward_patch is not None:
-        s._backward_patch.remove()
-        s._backward_patch = None
+    s._unpatch()
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
