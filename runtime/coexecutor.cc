@@ -17,6 +17,14 @@ namespace terra::runtime {
 namespace {
 
 // In-place ops that change sizes, strides or storage, not only data.
+template <size_t N>
+bool Listed(const char* const (&ops)[N], const std::string& name) {
+  for (const char* op : ops) {
+    if (name == op) return true;
+  }
+  return false;
+}
+
 bool MetadataMutating(const std::string& name) {
   static const char* const kOps[] = {
       "aten::resize_",     "aten::resize_as_", "aten::set_",       "aten::as_strided_",
@@ -25,10 +33,7 @@ bool MetadataMutating(const std::string& name) {
       "aten::resize_as_sparse_", "aten::sparse_resize_", "aten::sparse_resize_and_clear_",
       "aten::_coalesced_", "aten::as_strided_scatter",
   };
-  for (const char* op : kOps) {
-    if (name == op) return true;
-  }
-  return false;
+  return Listed(kOps, name);
 }
 
 // Of those, the ones that change only the sizes, strides, offset or
@@ -38,10 +43,7 @@ bool RestridesOnly(const std::string& name) {
       "aten::as_strided_", "aten::squeeze_",  "aten::unsqueeze_", "aten::t_",
       "aten::transpose_",  "aten::swapaxes_", "aten::swapdims_",  "aten::detach_",
   };
-  for (const char* op : kOps) {
-    if (name == op) return true;
-  }
-  return false;
+  return Listed(kOps, name);
 }
 
 bool AnyRequiresGrad(c10::ArrayRef<c10::IValue> inputs) {
@@ -237,7 +239,6 @@ void CoExecutor::NoteFallback(const std::string& what, graph::NodeIndex after) {
 }
 
 void CoExecutor::DivergeHere(const std::string& what, graph::NodeIndex after) {
-  if (stats_.first_divergence.empty()) stats_.first_divergence = what;
   NoteFallback(what, after);
   ++stats_.divergences;
   if (learning_ && learning_->failed == nullptr) learning_->failed = "the backward left the TraceGraph";
@@ -339,7 +340,6 @@ CoExecutor::Boundary CoExecutor::EndIteration() {
   if (!diverged_) {
     // Ended where the graph does not end: learn that edge to the exit.
     ++stats_.divergences;
-    if (stats_.first_divergence.empty()) stats_.first_divergence = "the iteration ended early";
     diverged_after_ = validator_.position();
     NoteFallback("end of iteration", diverged_after_);
   }

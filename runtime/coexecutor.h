@@ -63,7 +63,6 @@ struct CoExecutionStats {
   uint64_t eager = 0;      // ops run here: views, fetches, unpredictable nodes
   uint64_t fetches = 0;    // drains before a value read
   uint64_t divergences = 0;
-  std::string first_divergence;  // the op that left the graph first, and what was expected
   // The executor's: seconds busy, seconds the program waited for it, inputs fed by value.
   double executor_busy_s = 0;
   double fetch_wait_s = 0;
@@ -78,7 +77,7 @@ struct CoExecutionStats {
   // waited for by the executor instead of a drain).
   uint64_t tasks_queued = 0;
 
-  // Adds another run's counts (first_divergence: the earlier one stays).
+  // Adds another run's counts.
   CoExecutionStats& operator+=(const CoExecutionStats& other) {
     submitted += other.submitted;
     eager += other.eager;
@@ -91,7 +90,6 @@ struct CoExecutionStats {
     backward_ops_replayed += other.backward_ops_replayed;
     backward_learned += other.backward_learned;
     tasks_queued += other.tasks_queued;
-    if (first_divergence.empty()) first_divergence = other.first_divergence;
     if (backward_not_replayed.empty()) backward_not_replayed = other.backward_not_replayed;
     return *this;
   }

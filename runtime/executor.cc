@@ -235,12 +235,11 @@ bool ForeignMemory(const at::Tensor& t) {
   return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
 }
 
-// The value of a Python number an op took as a tensor (a 0-dim CPU wrapped
-// number of the types Python numbers become), read without an op: the
-// program's thread may be inside an intercepted one.
+// The value of wrapped number `t` (a Python number an op took as a tensor),
+// if it is a 0-dim CPU one of the types Python numbers become; read without
+// an op, since the program's thread may be inside an intercepted one.
 std::optional<c10::Scalar> WrappedValue(const at::Tensor& t) {
-  if (!t.defined() || !t.unsafeGetTensorImpl()->is_wrapped_number() || !t.device().is_cpu() || t.dim() != 0 ||
-      !t.has_storage() || t.storage().data() == nullptr) {
+  if (!t.device().is_cpu() || t.dim() != 0 || t.storage().data() == nullptr) {
     return std::nullopt;
   }
   const void* p = static_cast<const char*>(t.storage().data()) + t.storage_offset() * t.dtype().itemsize();
@@ -312,10 +311,18 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
       if (commit_observer_) work.fed.push_back({i, element, t.storage(), TensorLayout::Of(t)});
       return CopyNow(t);
     }
-    // A Python number the op took as a tensor (`y * 0.5`) is the op's own:
-    // made for this call, never seen by the program, so never read or
-    // written by anything after it.
-    if (t.defined() && t.has_storage() && !t.unsafeGetTensorImpl()->is_wrapped_number()) Reference(t, seq);
+    if (!t.defined() || !t.has_storage()) return std::nullopt;
+    if (t.unsafeGetTensorImpl()->is_wrapped_number()) {
+      // A Python number the op took as a tensor (`y * 0.5`) is the op's
+      // own: made for this call, never seen by the program, so never read
+      // or written by anything after it. Held as its value (Work::wrapped)
+      // once the commit observer has seen the tensor.
+      if (element < 0) {
+        if (std::optional<c10::Scalar> value = WrappedValue(t)) work.wrapped.push_back({i, t.scalar_type(), *value});
+      }
+      return std::nullopt;
+    }
+    Reference(t, seq);
     return std::nullopt;
   };
   for (uint32_t i = 0; i < work.inputs.size(); ++i) {
@@ -522,16 +529,9 @@ void Executor::TakeArguments(Work& work, uint64_t seq) {
     commit_observer_(work);
     work.fed.clear();
   }
-  // After the observer: a backward segment records the wrapped numbers as
-  // tensors, as the op received them.
-  for (uint32_t i = 0; i < work.inputs.size(); ++i) {
-    c10::IValue& v = work.inputs[i];
-    if (!v.isTensor()) continue;
-    if (std::optional<c10::Scalar> value = WrappedValue(v.toTensor())) {
-      work.wrapped.push_back({i, v.toTensor().scalar_type()});
-      v = c10::IValue(*value);
-    }
-  }
+  // After the observer (a backward segment records the wrapped numbers as
+  // the tensors the op received): the program's tensors go, here.
+  for (const Work::Wrapped& w : work.wrapped) work.inputs[w.arg] = c10::IValue();
 }
 
 void Executor::Commit() {
@@ -855,7 +855,7 @@ void Executor::Run(Work& work) {
                         .storage();
   }
   for (const Work::Wrapped& w : work.wrapped) {
-    at::Tensor number = at::detail::scalar_tensor_static(stack[w.arg].toScalar(), w.dtype, at::kCPU);
+    at::Tensor number = at::detail::scalar_tensor_static(w.value, w.dtype, at::kCPU);
     number.unsafeGetTensorImpl()->set_wrapped_number(true);
     stack[w.arg] = c10::IValue(std::move(number));
   }

@@ -162,12 +162,14 @@ struct Work {
   };
   std::vector<FedInput> fed;
   // Python numbers the op took as tensors (`y * 0.5`), held as their value
-  // (at `arg`, a Scalar) and rebuilt as a wrapped number of `dtype` on the
-  // executor thread: made and freed on the thread that uses them, instead of
-  // three small allocations per op of the program's freed on the executor.
+  // (the argument `arg` itself is emptied at Commit) and rebuilt as a
+  // wrapped number of `dtype` on the executor thread: made and freed on the
+  // thread that uses them, instead of three small allocations per op of the
+  // program's freed on the executor.
   struct Wrapped {
     uint32_t arg = 0;
     c10::ScalarType dtype = c10::ScalarType::Double;
+    c10::Scalar value;
   };
   std::vector<Wrapped> wrapped;
 

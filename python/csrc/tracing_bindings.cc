@@ -266,7 +266,7 @@ class Tracer {
       fallback_list.append(std::move(row));
     }
     d["fallback_points"] = fallback_list;
-    d["first_divergence"] = fallbacks.empty() ? st.first_divergence
+    d["first_divergence"] = fallbacks.empty() ? std::string()
                                               : fallbacks.front().what + " at " + fallbacks.front().where +
                                                     "; the TraceGraph expected " + fallbacks.front().expected;
     d["executor_busy_s"] = st.executor_busy_s;
