@@ -121,7 +121,7 @@ options:
   --mode MODE              eager | trace | auto | coexec (default auto): what Terra does with the
                            program; coexec (experimental, CPU, any -np) co-executes once traced
   --debug                  single-process debug mode (implies -np 1 and --report)
-  --report                 each rank prints a tracing report at exit (needs trace or auto)
+  --report                 rank 0 prints its tracing report at exit (any mode but eager)
   --dot FILE               rank 0 writes the traced graph to FILE as Graphviz DOT at exit
   --no-prefix              do not prefix output lines with the rank
   --python PATH            interpreter for .py programs

@@ -22,7 +22,7 @@ struct LaunchSettings {
   std::string hostfile;
   Mode mode = Mode::kAuto;
   bool debug = false;
-  bool report = false;  // each rank prints a tracing report at exit; --debug sets it unless eager
+  bool report = false;  // rank 0 prints its tracing report at exit; --debug sets it unless eager
   std::string dot;      // absolute path rank 0 writes the TraceGraph to as DOT; empty: none
   bool prefix_output = true;
   std::string python;       // interpreter for .py programs; empty: the one terra was built for

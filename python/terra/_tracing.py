@@ -370,10 +370,15 @@ class _Session:
         decision = self._agree(local) if self._voting else local
         if decision == "trace":
             return
-        self._voting = False  # every rank takes this decision at this boundary
+        # Every rank takes this decision at this boundary. Auto's probe ends
+        # with one more round (its timings); a rank that does not probe
+        # leaves, so the others do not wait for it.
+        probing = decision == "stable" and self.mode == "auto" and self._may_probe()
+        if not probing and self._voting:
+            self._leave_vote()
         if decision == "give_up":
             self._stop("unstable" if local == "give_up" else "unstable_elsewhere")
-        elif self.mode == "auto" and not self._may_probe():
+        elif self.mode == "auto" and not probing:
             self._stop("stable")
         elif self.mode == "auto":
             blocks = max(3, int(os.environ.get("TERRA_AUTO_PROBE_BLOCKS", PROBE_BLOCKS))) | 1
@@ -451,10 +456,18 @@ class _Session:
         if p["block"] < len(p["order"]):
             self._switch(p["order"][p["block"]])
             return
-        # Decided once, by this rank alone: ranks that differ still issue the
-        # same collectives (the bucket plan), so results do not depend on it.
-        coexec_s = statistics.mean(p["s"]["coexec"])
-        eager_s = statistics.mean(p["s"]["eager"])
+        # Decided once, the same on every rank (design.md: the coordinator
+        # replicates when to co-execute): the job runs at its slowest rank's
+        # pace, so the ranks compare the slowest rank's time per iteration in
+        # each mode. A rank that left (its program ended) is counted out.
+        timings = [(statistics.mean(p["s"]["coexec"]), statistics.mean(p["s"]["eager"]))]
+        if self._voting:
+            votes = self._exchange(f"{timings[0][0]!r} {timings[0][1]!r}", "its timing of co-execution")
+            timings = [tuple(map(float, v.split())) for v in votes]
+            self._leave_vote()
+            p["ranks_timed"] = len(timings)
+        coexec_s, eager_s = max(t[0] for t in timings), max(t[1] for t in timings)
+        p["job_s"] = {"coexec": coexec_s, "eager": eager_s}
         p["chosen"] = "coexec" if coexec_s <= eager_s * (1 - PROBE_MARGIN) else "eager"
         p["decided_at_iteration"] = self.boundaries
         if p["chosen"] == "coexec":
@@ -492,23 +505,29 @@ class _Session:
     # naming it (never a hang). The store has no delete: the keys are bounded
     # by the boundaries traced (at most give_up_after plus the prologue).
     def _agree(self, local):
+        votes = self._exchange(local, "whether its TraceGraph is stable")
+        if "give_up" in votes:
+            return "give_up"
+        return "stable" if all(v == "stable" for v in votes) else "trace"
+
+    def _exchange(self, local, what):
+        """This boundary's round: sets this rank's vote and returns every
+        voting rank's, this rank's first."""
         peer = _peer_client()
         if peer is None:  # the program shut terra.distributed down
-            return local
+            return [local]
         client, rank, world = peer
         n = self.boundaries
         client.set(f"{self._agree_key}vote/{n}/{rank}", local.encode())
         votes = [local]
         for r in range(world):
             if r != rank:
-                vote = self._vote_of(client, r, n)
+                vote = self._vote_of(client, r, n, what)
                 if vote is not None:
                     votes.append(vote)
-        if "give_up" in votes:
-            return "give_up"
-        return "stable" if all(v == "stable" for v in votes) else "trace"
+        return votes
 
-    def _vote_of(self, client, r, n):
+    def _vote_of(self, client, r, n, what):
         """Rank r's vote at boundary n, or None when r stopped voting before it."""
         key, left = f"{self._agree_key}vote/{n}/{r}", f"{self._agree_key}left/{r}"
         deadline = time.monotonic() + AGREE_TIMEOUT_S
@@ -522,7 +541,7 @@ class _Session:
             if time.monotonic() >= deadline:
                 raise _C.TerraTimeoutError(
                     f"terra: rank {self.rank} waited {AGREE_TIMEOUT_S:.0f} s at iteration {n} for "
-                    f"rank {r} to say whether its TraceGraph is stable; rank {r} has not reached "
+                    f"rank {r} to say {what}; rank {r} has not reached "
                     "that iteration's end. Every rank must end the same number of iterations "
                     "(optimizer steps, or terra.iteration() marks) while tracing.")
 
@@ -552,9 +571,14 @@ class _Session:
             else:
                 text += (f"  auto: co-execution took {1e3 * statistics.mean(c):.3g} ms per iteration "
                          f"against eager's {1e3 * statistics.mean(e):.3g} ms (timed in turns over iterations "
-                         f"{p['started_at_iteration']}-{p['decided_at_iteration'] - 1}); "
-                         + ("the rest was co-executed\n" if p["chosen"] == "coexec" else "the rest ran eagerly\n"))
-                if p["chosen"] == "eager" and p["intra_op_threads"] + 1 > p["cores"]:
+                         f"{p['started_at_iteration']}-{p['decided_at_iteration'] - 1}); ")
+                if p.get("ranks_timed", 1) > 1:
+                    j = p["job_s"]
+                    text += (f"the slowest of the {p['ranks_timed']} ranks timed took {1e3 * j['coexec']:.3g} ms "
+                             f"co-executed against {1e3 * j['eager']:.3g} ms eagerly, and on every rank ")
+                text += "the rest was co-executed\n" if p["chosen"] == "coexec" else "the rest ran eagerly\n"
+                own_eager = statistics.mean(c) > statistics.mean(e) * (1 - PROBE_MARGIN)
+                if p["chosen"] == "eager" and own_eager and p["intra_op_threads"] + 1 > p["cores"]:
                     text += (f"  auto: the executor runs eager's {p['intra_op_threads']} intra-op threads (the same "
                              f"count keeps results bit-identical) beside the program's thread, on {p['cores']} "
                              "cores: they share a core; co-execution gains where one is left for Python "
@@ -786,7 +810,8 @@ def stats():
                      "eager_iteration_s": list(p["s"]["eager"]),
                      "probe_started_at_iteration": p["started_at_iteration"],
                      "intra_op_threads": p["intra_op_threads"], "cores": p["cores"],
-                     "decided_at_iteration": p.get("decided_at_iteration")}
+                     "decided_at_iteration": p.get("decided_at_iteration"),
+                     "ranks_timed": p.get("ranks_timed", 1), "job_iteration_s": p.get("job_s")}
     if s.mode == "coexec" or s.coexec_iterations:
         d["coexec"] = dict(s.tracer.coexec_stats(), iterations=s.coexec_iterations,
                            fallbacks=s.fallbacks, phase=s.phase,

@@ -164,3 +164,44 @@ def test_a_rank_that_stops_reducing_fails_the_job_instead_of_hanging(tmp_path):
     queued = [int(n) for n in re.findall(r"\[0\] step \d+ \S+ (\d+)", proc.stdout)]
     assert queued and max(queued) > 0, out  # rank 0's all-reduces were queued on its executor
     assert "timed out" in out or "timeout" in out.lower(), out
+
+
+@pytest.mark.parametrize("slow_eager_ms, slow_coexec_ms, chosen", [(40, 80, "eager"), (80, 40, "coexec")])
+def test_auto_choice_is_agreed(tmp_path, slow_eager_ms, slow_coexec_ms, chosen):
+    # Default mode (auto) at two ranks with no collectives between them. Rank 0
+    # is slowed in its eager iterations and rank 1 in its co-executed ones, so
+    # each alone would choose differently; the ranks compare the slowest
+    # rank's time per mode and take the same choice, by the numbers.
+    script = write_script(tmp_path, f"""
+        import json, time, torch, terra, terra.distributed as d
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(30):
+            phase = terra._tracing._last_session().phase
+            if d.rank() == 0 and phase == "eager":
+                time.sleep({slow_eager_ms} / 1e3)
+            if d.rank() == 1 and phase == "coexec":
+                time.sleep({slow_coexec_ms} / 1e3)
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            opt.zero_grad(); loss.backward(); opt.step()
+        print("RESULT", json.dumps(terra.stats()["auto"]))
+        print("REPORT", terra.report().replace("\\n", " | "))
+        """)
+    proc, seconds = run(["-np", "2", script], timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    auto = {int(r): json.loads(s) for r, s in re.findall(r"^\[(\d+)\] RESULT (.*)$", proc.stdout, re.M)}
+    assert sorted(auto) == [0, 1], proc.stdout
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    own = {r: "coexec" if mean(a["coexec_iteration_s"]) < mean(a["eager_iteration_s"]) else "eager"
+           for r, a in auto.items()}
+    assert own == {0: "coexec", 1: "eager"}, auto  # alone, they would differ
+    for r, a in auto.items():
+        assert a["chosen"] == chosen and a["ranks_timed"] == 2, (r, a)
+        assert a["decided_at_iteration"] == auto[0]["decided_at_iteration"], auto
+        job = a["job_iteration_s"]
+        for mode in ("coexec", "eager"):
+            slowest = max(mean(b[f"{mode}_iteration_s"]) for b in auto.values())
+            assert job[mode] == pytest.approx(slowest, rel=1e-9), auto
+    assert proc.stdout.count("the slowest of the 2 ranks timed") == 2, proc.stdout
+    assert seconds < 60, seconds
