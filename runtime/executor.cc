@@ -223,8 +223,15 @@ Slot* SlotOf(const at::Tensor& t) {
 
 namespace {
 
-SlotArgument SlotArgumentOf(const at::Tensor& t, Slot* slot, uint32_t arg, int32_t element) {
-  return SlotArgument{arg, element, c10::intrusive_ptr<Slot>::reclaim_copy(slot), TensorLayout::Of(t)};
+// Notes future `t` (in `slot`) as argument `arg` (list element `element`)
+// of `work`, built in place: a ring entry's vector keeps its capacity, and
+// moving a layout's small vectors costs more than filling them.
+void AddSlotArgument(Work& work, const at::Tensor& t, Slot* slot, uint32_t arg, int32_t element) {
+  SlotArgument& a = work.slot_args.emplace_back();
+  a.arg = arg;
+  a.element = element;
+  a.slot = c10::intrusive_ptr<Slot>::reclaim_copy(slot);
+  a.layout.Assign(t);
 }
 
 // Memory the program can write without ATen: numpy's (torch.from_numpy),
@@ -303,7 +310,7 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
   auto adopt = [&](const at::Tensor& t, uint32_t i, int32_t element) -> std::optional<at::Tensor> {
     if (Slot* slot = SlotOf(t)) {
       if (work.Writes(i)) slot->SetWriter(id_, seq);
-      work.slot_args.push_back(SlotArgumentOf(t, slot, i, element));
+      AddSlotArgument(work, t, slot, i, element);
       return at::Tensor();
     }
     if (fed(t, i)) {
@@ -393,13 +400,17 @@ c10::Storage ValueStorage(const at::Tensor& result, const graph::TensorMeta& met
 
 TensorLayout TensorLayout::Of(const at::Tensor& t) {
   TensorLayout l;
-  l.sizes.assign(t.sizes().begin(), t.sizes().end());
-  l.strides.assign(t.strides().begin(), t.strides().end());
-  l.offset = t.storage_offset();
-  l.keys = t.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
-  l.dtype = t.dtype();
-  l.wrapped_number = t.unsafeGetTensorImpl()->is_wrapped_number();
+  l.Assign(t);
   return l;
+}
+
+void TensorLayout::Assign(const at::Tensor& t) {
+  sizes.assign(t.sizes().begin(), t.sizes().end());
+  strides.assign(t.strides().begin(), t.strides().end());
+  offset = t.storage_offset();
+  keys = t.key_set() - c10::autograd_dispatch_keyset_with_ADInplaceOrView;
+  dtype = t.dtype();
+  wrapped_number = t.unsafeGetTensorImpl()->is_wrapped_number();
 }
 
 at::Tensor TensorLayout::On(c10::Storage storage, int64_t shift) const {

@@ -25,6 +25,7 @@ struct TensorLayout {
   bool wrapped_number = false;
 
   static TensorLayout Of(const at::Tensor& t);
+  void Assign(const at::Tensor& t);  // becomes t's layout, in place
   // A new tensor with this layout on `storage`, `shift` elements further
   // (defined in executor.cc).
   at::Tensor On(c10::Storage storage, int64_t shift = 0) const;
