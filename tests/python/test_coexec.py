@@ -674,7 +674,13 @@ import terra
 
 def child(q):
     import terra as t  # a fresh interpreter with the rank's environment
-    q.put((t.distributed.is_initialized(), t.enabled()))
+    joined, tracing = t.distributed.is_initialized(), t.enabled()
+    try:
+        t.distributed.barrier()
+        refused = "no"
+    except t.TerraError as e:
+        refused = str(e)
+    q.put((joined, tracing, t.distributed.rank(), t.distributed.world_size(), refused))
 
 
 if __name__ == "__main__":
@@ -689,7 +695,9 @@ if __name__ == "__main__":
             q = ctx.Queue()
             p = ctx.Process(target=child, args=(q,))
             p.start()
-            print("spawned child:", q.get(timeout=60), flush=True)
+            joined, tracing, rank, world, refused = q.get(timeout=60)
+            print("spawned child:", (joined, tracing), "answers", rank, world, flush=True)
+            print("barrier:", refused, flush=True)
             p.join()
             print("child exit", p.exitcode, flush=True)
     print("rank", terra.distributed.rank(), "done", flush=True)
@@ -699,14 +707,17 @@ if __name__ == "__main__":
 def test_a_spawned_child_is_not_a_rank(tmp_path):
     # multiprocessing's spawn starts a fresh interpreter with the rank's
     # environment: importing terra there neither joins the job as that rank
-    # again nor starts tracing.
+    # again nor starts tracing. It answers rank() and world_size() as the
+    # rank that started it; a barrier is refused, naming that rank.
     prog = tmp_path / "prog.py"
     prog.write_text(SPAWNS)
     proc = subprocess.run(["terrarun", "-np", "2", "--mode", "coexec", str(prog)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for r in (0, 1):
-        assert f"[{r}] spawned child: (False, False)" in proc.stdout, proc.stdout
+        assert f"[{r}] spawned child: (False, False) answers {r} 2" in proc.stdout, proc.stdout
+        assert (f"[{r}] barrier: terra.distributed.barrier: this process was started by rank {r} "
+                "(multiprocessing's spawn, a subprocess) and is not a rank of the job") in proc.stdout, proc.stdout
         assert f"[{r}] child exit 0" in proc.stdout and f"[{r}] rank {r} done" in proc.stdout, proc.stdout
 
 

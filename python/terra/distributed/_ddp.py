@@ -149,7 +149,7 @@ class DistributedDataParallel(torch.nn.Module):
 
     def _check_plan_across_ranks(self, text):
         group = _group._require()
-        if group.client is None:
+        if _group._control_plane(group, "DistributedDataParallel") is None:
             return
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         key = f"terra/ddp/{self._instance}/plan/"

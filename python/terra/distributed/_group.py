@@ -10,12 +10,15 @@ _DEFAULT_TIMEOUT_S = 300.0
 
 
 class _Group:
-    def __init__(self, rank, world_size, local_rank, client, heartbeat):
+    def __init__(self, rank, world_size, local_rank, client, heartbeat, not_a_rank=None):
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
         self.client = client
         self.heartbeat = heartbeat
+        # A process a rank forked or started: how ("forked from", "started
+        # by"); it answers rank() as that rank but has no control plane.
+        self.not_a_rank = not_a_rank
         self.rendezvous_s = 0.0
         self.process_group = None  # terra._C.ProcessGroup, made on first collective
 
@@ -35,13 +38,20 @@ def _note_failure(hook):
     return excepthook
 
 
-def _launched_by_terrarun():
+def _in_terrarun_job():
+    return os.environ.get("TERRA_LAUNCHER") == "terrarun" and "TERRA_JOB_SECRET" in os.environ
+
+
+def _started_by_a_rank():
     # A process a rank started (multiprocessing's spawn, a subprocess running
     # Python) inherits the rank's environment, but is not the rank: the rank
     # notes its pid when it joins.
     rank_pid = os.environ.get("TERRA_RANK_PID")
-    return (os.environ.get("TERRA_LAUNCHER") == "terrarun" and "TERRA_JOB_SECRET" in os.environ
-            and (rank_pid is None or rank_pid == str(os.getpid())))
+    return _in_terrarun_job() and rank_pid is not None and rank_pid != str(os.getpid())
+
+
+def _launched_by_terrarun():
+    return _in_terrarun_job() and not _started_by_a_rank()
 
 
 def _env_int(name, default=None):
@@ -64,6 +74,13 @@ def init(timeout=_DEFAULT_TIMEOUT_S):
     if _group is not None:
         return
     start = time.perf_counter()
+    if _started_by_a_rank():
+        # rank() and world_size() answer as the rank that started it (a
+        # dataset may shard by them); collectives and barriers refuse.
+        rank_ = _env_int("RANK")
+        _group = _Group(rank_, _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK", rank_), None, None,
+                        not_a_rank="started by")
+        return
     if not _launched_by_terrarun():
         world = _env_int("WORLD_SIZE", 1)
         if world != 1:
@@ -105,16 +122,17 @@ def _after_fork_in_child():
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(handle))
     # rank() and world_size() still answer (a dataset may shard by them);
     # collectives and barriers refuse (_control_plane).
-    _group = _Group(group.rank, group.world_size, group.local_rank, None, None)
+    _group = _Group(group.rank, group.world_size, group.local_rank, None, None, not_a_rank="forked from")
 
 
 def _control_plane(group, what):
-    """The group's client; in a forked child of a rank of several, an error."""
-    if group.client is None and group.world_size > 1:
+    """The group's client; in a process a rank forked or started, an error."""
+    if group.not_a_rank is not None:
+        how = ("(a DataLoader worker, multiprocessing)" if group.not_a_rank == "forked from"
+               else "(multiprocessing's spawn, a subprocess)")
         raise _C.TerraError(
-            f"terra.distributed.{what}: this process was forked from rank {group.rank} (a DataLoader "
-            "worker, multiprocessing) and is not a rank of the job; run collectives and barriers in "
-            "the rank's own process")
+            f"terra.distributed.{what}: this process was {group.not_a_rank} rank {group.rank} {how} and "
+            "is not a rank of the job; run collectives and barriers in the rank's own process")
     return group.client
 
 

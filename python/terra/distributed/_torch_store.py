@@ -14,7 +14,7 @@ class TorchStore(dist.Store):
     def __init__(self, timeout=datetime.timedelta(seconds=300)):
         super().__init__()
         group = _group._require()
-        if group.client is None:
+        if _group._control_plane(group, "TorchStore") is None:
             raise _group._C.TerraError(
                 "TorchStore needs a job started by terrarun (this process is a world of one)")
         self._client = group.client
@@ -42,7 +42,7 @@ def init_torch_process_group(backend="gloo", timeout=datetime.timedelta(seconds=
     if dist.is_initialized():
         return
     group = _group._require()
-    if group.client is None:
+    if _group._control_plane(group, "init_torch_process_group") is None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
                                 timeout=timeout)
         return
