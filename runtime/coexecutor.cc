@@ -749,6 +749,19 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root, uint
                                   Learning::Named{source, {}});
     }
   }
+  // A leaf's own ordinary memory (a parameter) is named by the leaf, ahead
+  // of the forward ops that held it: an in-place op on it before the
+  // forward (an EMA's `ema.add_(p)`, the optimizer's update) is queued, and
+  // so recorded, only when the executor still has work touching it, so
+  // naming it by the first op that held it would change from one learning
+  // to the next with the executor's lag, and the learnings never agree.
+  for (size_t i = 0; i < l.walk.leaves.size(); ++i) {
+    const at::Tensor& leaf = l.walk.leaves[i];
+    if (!leaf.has_storage() || SlotOf(leaf) != nullptr || ForeignMemory(leaf)) continue;
+    l.source_of_storage.emplace(std::make_pair(leaf.storage().unsafeGetStorageImpl(), leaf.storage_offset()),
+                                Learning::Named{ExternalSource{ExternalSource::kLeafData, 0, static_cast<uint32_t>(i), -1},
+                                                {}});
+  }
   for (uint32_t o = 0; o < record_at_.size(); ++o) {
     if (record_at_[o] < 0) continue;
     const ForwardRecord& r = records_[static_cast<size_t>(record_at_[o])];
@@ -836,6 +849,14 @@ void CoExecutor::BackwardEnd(bool completed) {
     h.U32(e.index);
     h.U32(static_cast<uint32_t>(e.element));
   }
+  if (debug_segments_ > 1) {
+    // Where each external comes from: diff two learnings that disagree.
+    for (size_t i = 0; i < l.externals.size(); ++i) {
+      const ExternalSource& e = l.externals[i];
+      std::fprintf(stderr, "terra: external %zu kind %d ordinal %u index %u element %d\n", i,
+                   static_cast<int>(e.kind), e.ordinal, e.index, e.element);
+    }
+  }
   learned.externals = l.externals;
   learned.end = Here();
   learned.end.Hash(h);
@@ -846,7 +867,7 @@ void CoExecutor::BackwardEnd(bool completed) {
     entry.ready = true;
     ++stats_.backward_learned;
     for (const ExternalSource& e : entry.externals) {
-      if (e.kind == ExternalSource::kLeafGrad) continue;
+      if (e.kind == ExternalSource::kLeafGrad || e.kind == ExternalSource::kLeafData) continue;
       if (memory_->needed.size() <= e.ordinal) memory_->needed.resize(e.ordinal + 1, 0);
       memory_->needed[e.ordinal] = 1;
     }
@@ -935,6 +956,15 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
         e.storage = grad.storage();
         e.offset = grad.storage_offset();
       }
+      continue;
+    }
+    if (src.kind == ExternalSource::kLeafData) {
+      // Its memory now: ordinary, as when learned (a leaf's storage can be
+      // swapped through `.data`; eager's backward reads the leaf's).
+      const at::Tensor& leaf = walk.leaves[src.index];
+      if (!leaf.has_storage() || SlotOf(leaf) != nullptr || ForeignMemory(leaf)) return false;
+      e.storage = leaf.storage();
+      e.offset = leaf.storage_offset();
       continue;
     }
     if (src.ordinal >= record_at_.size() || record_at_[src.ordinal] < 0) return false;

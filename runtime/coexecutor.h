@@ -214,7 +214,7 @@ class CoExecutor final : public OpObserver {
   // ATen's back (numpy's), which the forward op was fed by value; a replay
   // copies it as it is when the backward runs, as the op-by-op backward does.
   struct ExternalSource {
-    enum Kind : uint8_t { kOutput, kSlotArg, kHeld, kLeafGrad, kFed } kind = kOutput;
+    enum Kind : uint8_t { kOutput, kSlotArg, kHeld, kLeafGrad, kFed, kLeafData } kind = kOutput;
     uint32_t ordinal = 0;
     uint32_t index = 0;    // future, slot argument, argument, or leaf index
     int32_t element = -1;  // kHeld, kFed: the list element

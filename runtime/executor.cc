@@ -234,13 +234,15 @@ void AddSlotArgument(Work& work, const at::Tensor& t, Slot* slot, uint32_t arg, 
   a.layout.Assign(t);
 }
 
-// Memory the program can write without ATen: numpy's (torch.from_numpy),
-// from_blob's, a memory map. Such a storage has no allocator.
+}  // namespace
+
 bool ForeignMemory(const at::Tensor& t) {
   if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
   const c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
   return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
 }
+
+namespace {
 
 // The value of wrapped number `t` (a Python number an op took as a tensor),
 // if it is a 0-dim CPU one of the types Python numbers become; read without

@@ -197,6 +197,10 @@ struct Work {
 // result), or null: ordinary memory.
 Slot* SlotOf(const at::Tensor& t);
 
+// Memory the program can write without ATen: numpy's (torch.from_numpy),
+// from_blob's, a memory map. Such a storage has no allocator.
+bool ForeignMemory(const at::Tensor& t);
+
 // A copy of CPU tensor `t`'s elements as they are now, with `t`'s layout, in
 // memory of its own starting at `t`'s first element: a byte copy of the span
 // the view covers, outside the dispatcher (it runs inside intercepted ops).

@@ -347,6 +347,32 @@ def batch_first_rnn(steps):
     return out, params(*models)
 
 
+def ema_and_executor_lag(steps):
+    # An EMA of the weights before each forward. Its add_ reads a
+    # parameter's memory, and is queued while the executor still has work
+    # on that memory (the optimizer's update) but runs at once once it has
+    # caught up (here on even steps, after a pause): which forward op first
+    # held the parameter differs from step to step, and the backward's
+    # segment must not depend on it.
+    import time
+    torch.manual_seed(0)
+    # Large enough that the executor is still at the backward and the update
+    # when the program reaches the EMA, unless it paused.
+    model = nn.Sequential(nn.Linear(64, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ema = [p.detach().clone() for p in model.parameters()]
+    out = []
+    for i in range(steps):
+        if i % 2 == 0:
+            time.sleep(0.1)
+        with torch.no_grad():
+            for e, p in zip(ema, model.parameters()):
+                e.mul_(0.9).add_(p, alpha=0.1)
+        loss = model(torch.randn(128, 64)).pow(2).mean()
+        train_step(opt, loss, out)
+    return out, params(model) + [e.clone() for e in ema]
+
+
 def everyday_features(steps):
     # What training scripts do between the ops: a GRU and BatchNorm, bf16
     # autocast on some steps, label smoothing, gradient accumulation with
@@ -402,7 +428,7 @@ SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_updat
                                      two_models, checkpoint, reused_numpy_buffer,
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
                                      hooked_backward, deferrable_hooks, raising_deferrable_hook,
-                                     batch_first_rnn, everyday_features)}
+                                     batch_first_rnn, ema_and_executor_lag, everyday_features)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -420,7 +446,7 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
                                       "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer",
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
                                       "hooked_backward", "deferrable_hooks", "raising_deferrable_hook",
-                                      "batch_first_rnn", "everyday_features"])
+                                      "batch_first_rnn", "ema_and_executor_lag", "everyday_features"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -455,8 +481,15 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
         assert any(w.startswith("a gradient hook of a replayed backward") for w in waits), result
     if scenario == "raising_deferrable_hook":
         assert result["coexec"]["backward_replayed"] > 0 and result["coexec"]["fallbacks"] >= 1, result
-    if scenario == "everyday_features":
-        assert result["coexec"]["iterations"] >= 5, result
+    if scenario in ("everyday_features", "ema_and_executor_lag"):
+        # Every co-executed backward replays once learned (twice, the same),
+        # whatever the executor's lag: a parameter the backward reads is
+        # named by its leaf, not by the first op that held it, which an
+        # in-place op queued or not changes (before session 13 the learnings
+        # disagreed in most runs and 0 to 9 of 9 replayed).
+        c = result["coexec"]
+        assert c["iterations"] >= 5, result
+        assert c["backward_replayed"] >= c["iterations"] - 2 and not c["backward_not_replayed"], result
     if scenario == "batch_first_rnn":
         # In-place restrides run at once: no drain for them.
         waits = [w["what"] for w in result["coexec"]["fetch_points"]]
