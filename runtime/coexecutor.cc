@@ -271,6 +271,17 @@ bool CoExecutor::OutsQueueable(const OpKind& kind, const graph::GraphNode& node,
   return true;
 }
 
+bool CoExecutor::Strided(const c10::OperatorHandle& op, const graph::GraphNode& node) const {
+  if (!validator_.last_inputs_strided()) return false;
+  // A non-strided output was recorded with sizes and no strides; a nested
+  // one with neither (as a 0-dim tensor would be), so nested tensors are
+  // known by the ops that make them from strided ones.
+  for (const graph::TensorMeta& m : node.outputs) {
+    if (m.strides.size() != m.sizes.size()) return false;
+  }
+  return op.operator_name().name.rfind("aten::_nested", 0) != 0;
+}
+
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
   return ForEachTensorArgument(inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
     return SlotOf(t) == nullptr && !executor_.MayBeQueued(t);
@@ -390,6 +401,12 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
   if (k == Kind::kCompute && mask == nullptr &&
       (node.outputs_vary || node.outputs.size() != node.num_outputs ||
        (!kind.list_return && node.outputs.size() != kind.tensor_returns))) {
+    k = Kind::kEager;
+  }
+  if ((k == Kind::kCompute || k == Kind::kInPlace || k == Kind::kRestride) && !Strided(op, node)) {
+    // Futures and the executor's slots are plain strided memory: a sparse
+    // or nested tensor in or out (nn.Embedding(sparse=True)'s gradient,
+    // SparseAdam's coalesce) runs here, on real values.
     k = Kind::kEager;
   }
   if (k == Kind::kRestride) {

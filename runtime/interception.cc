@@ -28,6 +28,9 @@ using c10::DispatchKeySet;
 // left to device plugins.
 constexpr DispatchKey kKey = DispatchKey::PrivateUse3;
 constexpr BackendComponent kBackendBit = BackendComponent::PrivateUse3Bit;
+// kKey's variants for the other per-backend functionalities.
+constexpr DispatchKey kVariants[] = {kKey, DispatchKey::SparsePrivateUse3, DispatchKey::SparseCsrPrivateUse3,
+                                     DispatchKey::QuantizedPrivateUse3, DispatchKey::NestedTensorPrivateUse3};
 
 // The functionalities at or below the per-backend ones (Dense .. NestedTensor)
 // with every backend bit. Everything above BackendSelect (autograd,
@@ -109,9 +112,7 @@ Registrations& RegisterOnce() {
     // kernel at their own PrivateUse3 variant; a fallthrough there would
     // drop the functionality bit from the key set and send a sparse tensor
     // to the dense kernel on redispatch.
-    for (DispatchKey key : {kKey, DispatchKey::SparsePrivateUse3,
-                            DispatchKey::SparseCsrPrivateUse3, DispatchKey::QuantizedPrivateUse3,
-                            DispatchKey::NestedTensorPrivateUse3}) {
+    for (DispatchKey key : kVariants) {
       library("_", key).fallback(torch::CppFunction::makeFromBoxedFunction<&InterceptBoxed>());
     }
     // Core registers no autograd fallback for private-use keys; without one,
@@ -120,7 +121,7 @@ Registrations& RegisterOnce() {
         .fallback(torch::CppFunction::makeFallthrough());
 
     auto& dispatcher = c10::Dispatcher::singleton();
-    std::map<std::string, torch::Library*> by_namespace;
+    std::map<std::pair<std::string, DispatchKey>, torch::Library*> by_namespace;
     const std::vector<c10::OperatorName> names = dispatcher.getAllOpNames();
     r->info.operators_seen = names.size();
     for (const c10::OperatorName& name : names) {
@@ -129,11 +130,18 @@ Registrations& RegisterOnce() {
       std::optional<std::string_view> ns = name.getNamespace();
       if (!ns) continue;
       std::string ns_str(ns->data(), ns->size());
-      torch::Library*& lib = by_namespace[ns_str];
-      if (lib == nullptr) lib = &library(ns_str, kKey);
       std::string full = name.name;
       if (!name.overload_name.empty()) full += "." + name.overload_name;
-      lib->impl(full.c_str(), torch::CppFunction::makeFromBoxedFunction<&InterceptBoxed>());
+      // At every PrivateUse3 variant, as the fallback: a composite kernel
+      // outranks a fallback, so without its own kernel at
+      // SparsePrivateUse3 a sparse tensor's op would skip both Terra and
+      // the sparse kernel (is_coalesced on nn.Embedding(sparse=True)'s
+      // gradient ran the dense default, which refuses sparse tensors).
+      for (DispatchKey key : kVariants) {
+        torch::Library*& lib = by_namespace[{ns_str, key}];
+        if (lib == nullptr) lib = &library(ns_str, key);
+        lib->impl(full.c_str(), torch::CppFunction::makeFromBoxedFunction<&InterceptBoxed>());
+      }
       ++r->info.direct_kernels;
     }
     r->info.seconds =

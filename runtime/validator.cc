@@ -46,8 +46,12 @@ Validator::Outcome Validator::Check(const c10::OperatorHandle& op,
   locator_->Locate(site);
   args_.Clear();
   tensors_.clear();
-  EncodeArguments(inputs, info.policy, args_,
-                  [&](const at::Tensor& t) { tensors_.push_back(t.unsafeGetTensorImpl()); });
+  strided_ = true;
+  EncodeArguments(inputs, info.policy, args_, [&](const at::Tensor& t) {
+    const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+    tensors_.push_back(impl);
+    strided_ = strided_ && impl->layout() == c10::kStrided && !impl->is_nested();
+  });
   const uint64_t hash = IdentityHash(info.name_state, args_.bytes(), tensors_, *site.frames,
                                      site.backward_of, site.ordinal);
 

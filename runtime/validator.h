@@ -69,6 +69,10 @@ class Validator final : public OpObserver {
   graph::NodeIndex position() const { return position_; }
   // The fed argument values of the last op checked, hashed (0: none).
   uint64_t last_fed_hash() const { return args_.fed_hash(); }
+  // Whether every tensor input of the last op checked is a plain strided
+  // one (not sparse, nested or another layout): the only kind the executor
+  // runs and futures stand for.
+  bool last_inputs_strided() const { return strided_; }
   // Co-execution replayed a stretch of ops without checking them one by
   // one (a backward segment): stand where checking them would have left it.
   void JumpTo(graph::NodeIndex position) {
@@ -93,6 +97,7 @@ class Validator final : public OpObserver {
   // The op's tensor inputs, alive on the op's stack while Check runs; no
   // reference held (it would raise use counts autograd decides by).
   std::vector<const c10::TensorImpl*> tensors_;
+  bool strided_ = true;
   graph::ArgsEncoder args_;
   ValidatorStats stats_;
 };

@@ -373,6 +373,25 @@ def ema_and_executor_lag(steps):
     return out, params(model) + [e.clone() for e in ema]
 
 
+def sparse_gradients(steps):
+    # nn.Embedding(sparse=True): a sparse COO gradient, coalesced and read
+    # through its values. Unique indices keep its shapes the same each step,
+    # so the program co-executes; the sparse ops run on the program's thread.
+    torch.manual_seed(0)
+    emb, head = nn.Embedding(50, 8, sparse=True), nn.Linear(8, 1)
+    opt = torch.optim.SGD([*emb.parameters(), *head.parameters()], lr=0.1)
+    out = []
+    for i in range(steps):
+        loss = head(emb(torch.randperm(50)[:16])).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        grad = emb.weight.grad
+        out.append((grad.is_coalesced(), grad.coalesce().values().abs().sum().item()))
+        opt.step()
+        out.append(loss.item())
+    return out, params(emb, head)
+
+
 def everyday_features(steps):
     # What training scripts do between the ops: a GRU and BatchNorm, bf16
     # autocast on some steps, label smoothing, gradient accumulation with
@@ -428,7 +447,7 @@ SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_updat
                                      two_models, checkpoint, reused_numpy_buffer,
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
                                      hooked_backward, deferrable_hooks, raising_deferrable_hook,
-                                     batch_first_rnn, ema_and_executor_lag, everyday_features)}
+                                     batch_first_rnn, ema_and_executor_lag, sparse_gradients, everyday_features)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -446,7 +465,8 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
                                       "lbfgs", "two_models", "checkpoint", "reused_numpy_buffer",
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
                                       "hooked_backward", "deferrable_hooks", "raising_deferrable_hook",
-                                      "batch_first_rnn", "ema_and_executor_lag", "everyday_features"])
+                                      "batch_first_rnn", "ema_and_executor_lag", "sparse_gradients",
+                                      "everyday_features"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
