@@ -4,6 +4,8 @@ namespace terra::runtime {
 namespace {
 
 thread_local std::vector<graph::Frame> tls_frames;
+// Sets the numbers of leaves new in their iteration apart from the others'.
+constexpr uint64_t kNewLeafTag = uint64_t{1} << 62;
 
 }  // namespace
 
@@ -34,10 +36,18 @@ void OpLocator::Locate(OpSite& site) {
         auto* impl = const_cast<c10::TensorImpl*>(static_cast<const c10::TensorImpl*>(site.backward.accumulates_into));
         Leaf leaf{leaves_.size() + 1,
                   c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
-                      c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::reclaim_copy(impl))};
+                      c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::reclaim_copy(impl)),
+                  iteration_, ++new_leaves_};
         it = leaves_.insert_or_assign(site.backward.accumulates_into, std::move(leaf)).first;
       }
-      of = site.backward.kind ^ (it->second.number * graph::HashWriter::kMultiplier);
+      // A leaf new in this iteration (an input made with requires_grad each
+      // step) is named by its order among this iteration's new leaves: a
+      // number for the locator's life would be new every iteration, and the
+      // TraceGraph would never be stable.
+      const Leaf& leaf = it->second;
+      of = leaf.first_iteration == iteration_
+               ? site.backward.kind ^ ((leaf.new_number ^ kNewLeafTag) * graph::HashWriter::kMultiplier)
+               : site.backward.kind ^ (leaf.number * graph::HashWriter::kMultiplier);
     }
     if (of == 0) {
       of = site.backward.kind ^ (last_hash_ * graph::HashWriter::kMultiplier);
@@ -62,6 +72,8 @@ void OpLocator::Commit(const OpSite& site, uint64_t hash) {
 void OpLocator::StartIteration() {
   ordinals_.Reset();
   last_hash_ = 0;
+  ++iteration_;
+  new_leaves_ = 0;
   // Backward functions created before the previous boundary no longer run
   // in this program's usual shape; forget them so the window stays small.
   forward_of_seq_.ForgetBefore(seq_at_previous_start_);

@@ -7,7 +7,10 @@
 // of its thread; a backward op by the forward node that created its backward
 // function (autograd's per-thread sequence numbers, mapped to node hashes as
 // forward ops are identified); AccumulateGrad by the leaf it accumulates into
-// (numbered in first-seen order, for the locator's life); any other backward
+// (numbered in first-seen order, for the locator's life; a leaf first seen in
+// the current iteration, such as an input made with requires_grad each step,
+// by its first-seen order among this iteration's new leaves, so that every
+// iteration gives it the same identity); any other backward
 // function with no forward op by its type and the op identified before it.
 // Consecutive ops from one location get increasing ordinals; ordinals restart
 // with each iteration.
@@ -107,11 +110,13 @@ class OpLocator {
   struct State {
     OrdinalTracker ordinals;
     uint64_t last_hash = 0;
+    uint64_t new_leaves = 0;
   };
-  State Save() const { return {ordinals_, last_hash_}; }
+  State Save() const { return {ordinals_, last_hash_, new_leaves_}; }
   void Restore(const State& state) {
     ordinals_ = state.ordinals;
     last_hash_ = state.last_hash;
+    new_leaves_ = state.new_leaves;
   }
 
  private:
@@ -123,8 +128,12 @@ class OpLocator {
   struct Leaf {
     uint64_t number;
     c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> keep;
+    uint64_t first_iteration = 0;  // the iteration it was first seen in
+    uint64_t new_number = 0;       // its number among that iteration's new leaves
   };
   std::unordered_map<const void*, Leaf> leaves_;
+  uint64_t iteration_ = 0;   // StartIteration calls
+  uint64_t new_leaves_ = 0;  // leaves first seen in this iteration so far
   uint64_t last_hash_ = 0;
   uint64_t last_sequence_nr_ = 0;
   uint64_t seq_at_previous_start_ = 0;

@@ -392,6 +392,26 @@ def sparse_gradients(steps):
     return out, params(emb, head)
 
 
+def gradient_penalty(steps):
+    # An input made with requires_grad every step, the gradient with respect
+    # to it (create_graph) as a penalty, then the backward: its gradient is
+    # accumulated into a new leaf each step, which must not make every
+    # iteration's graph new (the TraceGraph was never stable before, and the
+    # program never co-executed).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Softplus(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    out = []
+    for i in range(steps):
+        x = torch.randn(8, 3, requires_grad=True)
+        y = model(x).sum()
+        (g,) = torch.autograd.grad(y, x, create_graph=True)
+        loss = 0.01 * y + g.pow(2).sum()
+        train_step(opt, loss, out)
+        out.append(x.grad.abs().sum().item())
+    return out, params(model)
+
+
 def everyday_features(steps):
     # What training scripts do between the ops: a GRU and BatchNorm, bf16
     # autocast on some steps, label smoothing, gradient accumulation with
@@ -447,7 +467,8 @@ SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_updat
                                      two_models, checkpoint, reused_numpy_buffer,
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
                                      hooked_backward, deferrable_hooks, raising_deferrable_hook,
-                                     batch_first_rnn, ema_and_executor_lag, sparse_gradients, everyday_features)}
+                                     batch_first_rnn, ema_and_executor_lag, sparse_gradients, gradient_penalty,
+                                     everyday_features)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -466,7 +487,7 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
                                       "hooked_backward", "deferrable_hooks", "raising_deferrable_hook",
                                       "batch_first_rnn", "ema_and_executor_lag", "sparse_gradients",
-                                      "everyday_features"])
+                                      "gradient_penalty", "everyday_features"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -501,6 +522,8 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
         assert any(w.startswith("a gradient hook of a replayed backward") for w in waits), result
     if scenario == "raising_deferrable_hook":
         assert result["coexec"]["backward_replayed"] > 0 and result["coexec"]["fallbacks"] >= 1, result
+    if scenario == "gradient_penalty":
+        assert result["coexec"]["iterations"] >= 6 and result["coexec"]["backward_replayed"] >= 4, result
     if scenario in ("everyday_features", "ema_and_executor_lag"):
         # Every co-executed backward replays once learned (twice, the same),
         # whatever the executor's lag: a parameter the backward reads is

@@ -59,7 +59,9 @@ TEST(ValidatorTest, MatchesEveryOpOfARecordedIteration) {
   }
   const graph::TraceGraph g = recorder.Graph();
   ASSERT_GT(g.NodeCount(), 8u);
-  Validator validator(&g, &at);
+  // The recorder's locator, as co-execution takes it over: it has seen `w`
+  // in an earlier iteration (a leaf new in the current one is named apart).
+  Validator validator(&g, &recorder.locator());
   for (int i = 0; i < 3; ++i) {
     validator.StartIteration();
     InterceptionGuard guard(&validator);
@@ -67,6 +69,39 @@ TEST(ValidatorTest, MatchesEveryOpOfARecordedIteration) {
   }
   EXPECT_EQ(validator.stats().diverged, 0u);
   EXPECT_EQ(validator.stats().matched, 3 * recorder.Stats().ops_per_iteration.back());
+}
+
+// An input made with requires_grad in every iteration is a new leaf each
+// time: its AccumulateGrad must get the same identity in every iteration, or
+// the graph never stops changing.
+TEST(ValidatorTest, ALeafNewInEveryIterationKeepsTheGraphStable) {
+  Lines at;
+  Recorder recorder(&at);
+  at::Tensor w = torch::ones({4}, at::TensorOptions().requires_grad(true));
+  std::vector<bool> changed;
+  for (int i = 0; i < 4; ++i) {
+    {
+      InterceptionGuard guard(&recorder);
+      at.line = 1;
+      at::Tensor x = torch::ones({4}, at::TensorOptions().requires_grad(true));
+      at.line = 2;
+      x.mul(w).sum().backward();
+    }
+    changed.push_back(recorder.EndIteration());
+  }
+  EXPECT_FALSE(changed[2]) << "the third iteration changed the graph";
+  EXPECT_FALSE(changed[3]) << "the fourth iteration changed the graph";
+  const graph::TraceGraph g = recorder.Graph();
+  Validator validator(&g, &recorder.locator());
+  for (int i = 0; i < 2; ++i) {
+    validator.StartIteration();
+    InterceptionGuard guard(&validator);
+    at.line = 1;
+    at::Tensor x = torch::ones({4}, at::TensorOptions().requires_grad(true));
+    at.line = 2;
+    x.mul(w).sum().backward();
+  }
+  EXPECT_EQ(validator.stats().diverged, 0u);
 }
 
 TEST(ValidatorTest, AnOpOffThePathDiverges) {
