@@ -22,12 +22,19 @@ them so that Terra hears of the read before it happens and can wait for the valu
                        dicts (OrderedDict included), lists, tuples and sets, each distinct
                        tensor once; tensors inside other objects (an nn.Module, a
                        dataclass) are not found.
+    "rng"              torch.get_rng_state, torch.set_rng_state, torch.manual_seed and
+                       torch.seed (each also under torch.random; torch.random.fork_rng
+                       calls them): they read or replace the default CPU generator's
+                       state, which queued random ops have yet to consume. Reported
+                       with no tensor (on_read(None, "rng")).
 
 ``.item()``, ``bool(t)``, ``int(t)`` and ``float(t)`` are dispatched (_local_scalar_dense)
 and are seen by the C++ interception, so they are not patched here. Not coverable from
 Python: ``Tensor.__dlpack_c_exchange_api__``, a capsule of C function pointers through
 which consumers such as tvm-ffi export a tensor without calling any Python; the storage
-"throw on access" flags are the safety net there.
+"throw on access" flags are the safety net there. Nor are a ``torch.Generator``'s own
+methods (``g.get_state()``, ``torch.default_generator.manual_seed(s)``): the type is
+immutable, and no flag guards a generator.
 
 Contract of the callbacks given to ``install``:
 - ``on_read(tensor, kind)`` runs before the read, once per call the program makes (for
@@ -160,6 +167,10 @@ def _wrap_function(original, kind, find_tensors):
     return wrapper
 
 
+def _no_tensor(args, kwargs):
+    return (None,)
+
+
 def _first_tensor(args, kwargs):
     if args and isinstance(args[0], torch.Tensor):
         return (args[0],)
@@ -211,6 +222,8 @@ def _patch_all():
          _first_tensor),
         (torch.serialization.save, (torch.serialization, torch), "save", "save",
          _saved_tensors),
+        *((getattr(torch.random, name), (torch.random, torch), name, "rng", _no_tensor)
+          for name in ("get_rng_state", "set_rng_state", "manual_seed", "seed")),
     ):
         wrapper = _wrap_function(original, kind, find_tensors)
         for owner in owners:

@@ -307,6 +307,12 @@ class _Session:
 
     def _on_read(self, tensor, kind):
         if self.active and threading.get_ident() == self.thread:
+            if tensor is None:
+                # The generator's state (kind "rng"): queued random ops consume it
+                # in program order, so it is read or replaced after they ran.
+                if self.phase == "coexec":
+                    self.tracer.coexec_fetch(kind)
+                return
             if self.phase == "coexec":
                 # The value must be real before Python reads it. A read only
                 # (printing, tolist, saving) waits for the ops writing that

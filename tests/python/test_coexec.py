@@ -412,6 +412,33 @@ def gradient_penalty(steps):
     return out, params(model)
 
 
+def rng_state_midway(steps):
+    # The generator's state read (and put back) while random ops (dropout,
+    # randn) are still queued: the executor consumes the generator in program
+    # order, so the read must wait for them (it read the state before them).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    heavy = torch.ones(600, 600)
+    out = []
+    for i in range(steps):
+        busy = heavy.mm(heavy)  # keeps the executor busy: the random ops after it wait in the queue
+        loss = model(torch.randn(5, 4)).pow(2).mean()
+        state = torch.get_rng_state()
+        out.append(int(state.sum()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i == steps // 2:
+            torch.set_rng_state(state)
+        with torch.random.fork_rng():
+            torch.manual_seed(i)
+            out.append(torch.rand(2).tolist())
+        out.append(loss.item())
+    out.append(busy[0, 0].item())
+    return out, params(model)
+
+
 def everyday_features(steps):
     # What training scripts do between the ops: a GRU and BatchNorm, bf16
     # autocast on some steps, label smoothing, gradient accumulation with
@@ -468,7 +495,7 @@ SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_updat
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
                                      hooked_backward, deferrable_hooks, raising_deferrable_hook,
                                      batch_first_rnn, ema_and_executor_lag, sparse_gradients, gradient_penalty,
-                                     everyday_features)}
+                                     rng_state_midway, everyday_features)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -487,7 +514,7 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
                                       "hooked_backward", "deferrable_hooks", "raising_deferrable_hook",
                                       "batch_first_rnn", "ema_and_executor_lag", "sparse_gradients",
-                                      "gradient_penalty", "everyday_features"])
+                                      "gradient_penalty", "rng_state_midway", "everyday_features"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
