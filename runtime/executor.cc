@@ -221,6 +221,12 @@ Slot* SlotOf(const at::Tensor& t) {
   return ptr.get_deleter() == &ReleaseSlot ? static_cast<Slot*>(ptr.get_context()) : nullptr;
 }
 
+bool ForeignMemory(const at::Tensor& t) {
+  if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
+  const c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+  return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
+}
+
 namespace {
 
 // Notes future `t` (in `slot`) as argument `arg` (list element `element`)
@@ -233,16 +239,6 @@ void AddSlotArgument(Work& work, const at::Tensor& t, Slot* slot, uint32_t arg, 
   a.slot = c10::intrusive_ptr<Slot>::reclaim_copy(slot);
   a.layout.Assign(t);
 }
-
-}  // namespace
-
-bool ForeignMemory(const at::Tensor& t) {
-  if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
-  const c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
-  return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
-}
-
-namespace {
 
 // The value of wrapped number `t` (a Python number an op took as a tensor),
 // if it is a 0-dim CPU one of the types Python numbers become; read without
