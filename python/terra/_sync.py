@@ -22,6 +22,12 @@ them so that Terra hears of the read before it happens and can wait for the valu
                        dicts (OrderedDict included), lists, tuples and sets, each distinct
                        tensor once; tensors inside other objects (an nn.Module, a
                        dataclass) are not found.
+    "compiled"         torch._inductor.output_code.CompiledFxGraph.__call__ and
+                       CompiledAOTI.__call__: code torch.compile generated, whose kernels
+                       read and write tensor memory directly. Patched when that module is
+                       imported (a post-import hook; importing it costs a second), and run
+                       with interception suspended, so the ATen ops it calls run at once
+                       on real values. Reported with no tensor.
     "rng"              torch.get_rng_state, torch.set_rng_state, torch.manual_seed and
                        torch.seed (each also under torch.random; torch.random.fork_rng
                        calls them): they read or replace the default CPU generator's
@@ -61,7 +67,10 @@ more than the original with no-op callbacks (data_ptr: 0.08 µs unpatched).
 """
 
 import functools
+import importlib.abc
+import importlib.machinery
 import inspect
+import sys
 import threading
 
 import torch
@@ -229,9 +238,52 @@ def _patch_all():
         for owner in owners:
             if getattr(owner, name, None) is original:
                 _patch(owner, name, wrapper)
+    for module_name, patch in _LAZY.items():
+        if module_name in sys.modules:
+            patch(sys.modules[module_name])
+    if _post_import not in sys.meta_path:
+        sys.meta_path.insert(0, _post_import)
+
+
+def _patch_inductor(module):
+    for name in ("CompiledFxGraph", "CompiledAOTI"):
+        cls = getattr(module, name, None)
+        if cls is not None and "__call__" in cls.__dict__:
+            _patch(cls, "__call__", _wrap_function(cls.__dict__["__call__"], "compiled", _no_tensor))
+
+
+# Modules patched when they are imported, since importing them up front costs too much.
+_LAZY = {"torch._inductor.output_code": _patch_inductor}
+
+
+class _PostImport(importlib.abc.MetaPathFinder):
+    """Patches a module of _LAZY right after it is first imported."""
+
+    def find_spec(self, name, path, target=None):
+        patch = _LAZY.get(name)
+        if patch is None or _hooks is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            with _lock:
+                if _hooks is not None:
+                    patch(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+_post_import = _PostImport()
 
 
 def _restore_all():
+    if _post_import in sys.meta_path:
+        sys.meta_path.remove(_post_import)
     while _saved:
         owner, name, original = _saved.pop()
         if original is _ABSENT:

@@ -907,3 +907,39 @@ def test_out_ops_that_keep_their_layout_are_queued(tmp_path):
     result = json.loads(line[0][len("RESULT "):])
     assert result["same"] and result["iterations"] > 0, result
     assert result["eager_waits"] == [], result
+
+
+COMPILED = '''
+import sys, torch, terra
+from torch import nn
+if sys.argv[1] != "eager":
+    terra.enable("coexec", stable_after=2)  # before torch.compile imports Inductor
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+head = torch.compile(model[1:])
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+losses = []
+for i in range(10):
+    loss = head(model[0](torch.randn(5, 4))).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+print("LOSSES", losses, [p.detach().tolist() for p in model.parameters()])
+if sys.argv[1] != "eager":
+    print("COEXEC", terra.stats()["coexec"]["iterations"])
+'''
+
+
+def test_a_torch_compiled_module_under_coexec(tmp_path):
+    # Code torch.compile generated reads and writes tensor memory in its own
+    # kernels: it runs after a drain, with interception suspended, so it sees
+    # real values (before: the storage guard's "still being computed" error).
+    prog = tmp_path / "prog.py"
+    prog.write_text(COMPILED)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    eager = run([sys.executable, str(prog), "eager"], tmp_path, env=env)
+    coexec = run([sys.executable, str(prog), "coexec"], tmp_path, env=env)
+    line = lambda out, tag: [ln for ln in out.splitlines() if ln.startswith(tag)]  # noqa: E731
+    assert line(eager.stdout, "LOSSES") == line(coexec.stdout, "LOSSES"), coexec.stdout[-2000:]
+    assert int(line(coexec.stdout, "COEXEC")[0].split()[1]) > 0, coexec.stdout[-2000:]
