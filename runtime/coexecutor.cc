@@ -16,7 +16,6 @@
 namespace terra::runtime {
 namespace {
 
-// In-place ops that change sizes, strides or storage, not only data.
 template <size_t N>
 bool Listed(const char* const (&ops)[N], const std::string& name) {
   for (const char* op : ops) {
@@ -25,6 +24,7 @@ bool Listed(const char* const (&ops)[N], const std::string& name) {
   return false;
 }
 
+// In-place ops that change sizes, strides or storage, not only data.
 bool MetadataMutating(const std::string& name) {
   static const char* const kOps[] = {
       "aten::resize_",     "aten::resize_as_", "aten::set_",       "aten::as_strided_",
@@ -44,6 +44,12 @@ bool RestridesOnly(const std::string& name) {
       "aten::transpose_",  "aten::swapaxes_", "aten::swapdims_",  "aten::detach_",
   };
   return Listed(kOps, name);
+}
+
+// Whether the leaf's memory is ordinary, allocator-owned memory: what a
+// backward segment names by the leaf (ExternalSource::kLeafData).
+bool OrdinaryLeafMemory(const at::Tensor& leaf) {
+  return leaf.has_storage() && SlotOf(leaf) == nullptr && !ForeignMemory(leaf);
 }
 
 bool AnyRequiresGrad(c10::ArrayRef<c10::IValue> inputs) {
@@ -157,6 +163,9 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
   k.writes = mutates;
   if (!all_tensors) {
     k.kind = Kind::kFetch;  // Python gets a number (or something else) computed from data
+  } else if (schema.name().rfind("aten::_nested", 0) == 0) {
+    // Makes or takes nested tensors, which no future stands for (Strided).
+    k.kind = Kind::kEager;
   } else if (any_view && !any_write && !mutates) {
     k.kind = Kind::kView;
   } else if (mutates && RestridesOnly(schema.name())) {
@@ -271,15 +280,15 @@ bool CoExecutor::OutsQueueable(const OpKind& kind, const graph::GraphNode& node,
   return true;
 }
 
-bool CoExecutor::Strided(const c10::OperatorHandle& op, const graph::GraphNode& node) const {
+bool CoExecutor::Strided(const graph::GraphNode& node) const {
   if (!validator_.last_inputs_strided()) return false;
-  // A non-strided output was recorded with sizes and no strides; a nested
-  // one with neither (as a 0-dim tensor would be), so nested tensors are
-  // known by the ops that make them from strided ones.
+  // A non-strided output was recorded with sizes and no strides. A nested
+  // one has neither, as a 0-dim tensor would: the ops that make nested
+  // tensors from strided ones are kEager by name (KindOf).
   for (const graph::TensorMeta& m : node.outputs) {
     if (m.strides.size() != m.sizes.size()) return false;
   }
-  return op.operator_name().name.rfind("aten::_nested", 0) != 0;
+  return true;
 }
 
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
@@ -403,7 +412,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
        (!kind.list_return && node.outputs.size() != kind.tensor_returns))) {
     k = Kind::kEager;
   }
-  if ((k == Kind::kCompute || k == Kind::kInPlace || k == Kind::kRestride) && !Strided(op, node)) {
+  if ((k == Kind::kCompute || k == Kind::kInPlace || k == Kind::kRestride) && !Strided(node)) {
     // Futures and the executor's slots are plain strided memory: a sparse
     // or nested tensor in or out (nn.Embedding(sparse=True)'s gradient,
     // SparseAdam's coalesce) runs here, on real values.
@@ -774,7 +783,7 @@ CoExecutor::BackwardStart CoExecutor::BackwardBegin(const at::Tensor& root, uint
   // to the next with the executor's lag, and the learnings never agree.
   for (size_t i = 0; i < l.walk.leaves.size(); ++i) {
     const at::Tensor& leaf = l.walk.leaves[i];
-    if (!leaf.has_storage() || SlotOf(leaf) != nullptr || ForeignMemory(leaf)) continue;
+    if (!OrdinaryLeafMemory(leaf)) continue;
     l.source_of_storage.emplace(std::make_pair(leaf.storage().unsafeGetStorageImpl(), leaf.storage_offset()),
                                 Learning::Named{ExternalSource{ExternalSource::kLeafData, 0, static_cast<uint32_t>(i), -1},
                                                 {}});
@@ -979,7 +988,7 @@ bool CoExecutor::Replay(LearnedBackward& learned, const AutogradGraphWalk& walk)
       // Its memory now: ordinary, as when learned (a leaf's storage can be
       // swapped through `.data`; eager's backward reads the leaf's).
       const at::Tensor& leaf = walk.leaves[src.index];
-      if (!leaf.has_storage() || SlotOf(leaf) != nullptr || ForeignMemory(leaf)) return false;
+      if (!OrdinaryLeafMemory(leaf)) return false;
       e.storage = leaf.storage();
       e.offset = leaf.storage_offset();
       continue;

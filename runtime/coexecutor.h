@@ -195,7 +195,7 @@ class CoExecutor final : public OpObserver {
   bool RunsNow(c10::ArrayRef<c10::IValue> inputs) const;
   // Whether the op just validated (at `node`) has only plain strided
   // tensors in and out, which the executor can run on futures.
-  bool Strided(const c10::OperatorHandle& op, const graph::GraphNode& node) const;
+  bool Strided(const graph::GraphNode& node) const;
   // Whether an out= op can be queued: each out argument either has the
   // layout the node recorded (no resize happens: the node's identity fixed
   // the inputs' layouts), or is an empty tensor no other tensor shares and no

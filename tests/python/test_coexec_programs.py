@@ -21,6 +21,10 @@ import terra
 
 def params(*ms): return [p.detach().clone() for m in ms for p in m.parameters()]
 
+def train_step(opt, loss, out):
+    opt.zero_grad(); loss.backward(); opt.step()
+    out.append(loss.item())
+
 def sparse_embedding(steps):
     torch.manual_seed(0)
     emb = nn.Embedding(50, 8, sparse=True); head = nn.Linear(8, 1)
@@ -42,8 +46,7 @@ def retain_and_grad(steps):
         y = m(x).pow(2).mean()
         (gx,) = torch.autograd.grad(y, x, retain_graph=True)
         loss = y + gx.pow(2).sum() * 0.0
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(m)
 
 def freeze_midway(steps):
@@ -54,8 +57,7 @@ def freeze_midway(steps):
         if i == steps // 2:
             for p in a.parameters(): p.requires_grad_(False)
         loss = b(torch.relu(a(torch.randn(5, 4)))).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(a, b)
 
 def numpy_writes_tensor(steps):
@@ -106,8 +108,7 @@ def add_param_group(steps):
         if i == 5:
             opt.add_param_group({"params": b.parameters(), "lr": 0.01})
         loss = b(a(torch.randn(3, 4))).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(a, b)
 
 def complex_and_ints(steps):
@@ -118,8 +119,8 @@ def complex_and_ints(steps):
         x = torch.randn(8, dtype=torch.cfloat)
         k = torch.arange(8) % 3
         loss = (w * x).abs().pow(2)[k == 1].sum()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item()); out.append(int(k.sum()))
+        train_step(opt, loss, out)
+        out.append(int(k.sum()))
     return out, [w.detach().clone()]
 
 def mha_and_weightnorm(steps):
@@ -132,8 +133,7 @@ def mha_and_weightnorm(steps):
         x = torch.randn(2, 5, 8)
         y, attn = mha(x, x, x, need_weights=True)
         loss = lin(y).pow(2).mean() + attn.var()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(mha, lin)
 
 def data_dependent_branch(steps):
@@ -147,8 +147,7 @@ def data_dependent_branch(steps):
             loss = y.pow(2).mean()
         else:
             loss = (y - 1).abs().mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(m)
 
 def generator_and_reseed(steps):
@@ -161,8 +160,7 @@ def generator_and_reseed(steps):
         idx = torch.randperm(20, generator=g)[:5]
         x = torch.randn(20, 4, generator=g)[idx]
         loss = m(x).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(m)
 
 def deepcopy_target(steps):
@@ -204,8 +202,7 @@ def checkpointing(steps):
     for i in range(steps):
         h = checkpoint(a, torch.randn(5, 4), use_reentrant=False)
         loss = b(h).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(a, b)
 
 def formats_and_lists(steps):
@@ -264,8 +261,7 @@ def custom_function_and_hooks(steps):
     for i in range(steps):
         y = Scale.apply(m(torch.randn(5, 4)), 0.5 + 0.01 * i)
         loss = y.pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     h.remove()
     return out + stats, params(m)
 
@@ -281,8 +277,8 @@ def sampling_and_topk(steps):
         v, idx = logits.topk(3, dim=-1)
         s, order = logits.sort(-1)
         loss = -(probs.gather(1, a).log().sum()) + (g * logits).sum() + v.mean() + s[:, 0].mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item()); out.append(a.tolist()); out.append(idx[0].tolist())
+        train_step(opt, loss, out)
+        out.append(a.tolist()); out.append(idx[0].tolist())
     return out, params(m)
 
 def masks_and_unique(steps):
@@ -296,8 +292,8 @@ def masks_and_unique(steps):
         mask = l > l.median()
         loss = l.masked_select(mask).mean() + l[~mask].sum() * 0.1
         u = torch.unique((x[:, 0] * 2).round())
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item()); out.append(u.numel())
+        train_step(opt, loss, out)
+        out.append(u.numel())
         x2 = x.clone(); x2[x2 < 0] = 0.0; out.append(float(x2.sum()))
     return out, params(m)
 
@@ -313,8 +309,7 @@ def packed_lstm(steps):
         o, (h, c) = lstm(packed)
         o, lens = pad_packed_sequence(o, batch_first=True)
         loss = head(h[-1]).pow(2).mean() + o.sum() * 0.01
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(lstm, head)
 
 def vmap_per_sample_grads(steps):
@@ -330,8 +325,8 @@ def vmap_per_sample_grads(steps):
         g = vmap(grad(f), in_dims=(None, 0, 0))(ps, x, y)
         norms = torch.stack([v.flatten(1).norm(dim=1) for v in g.values()]).sum(0)
         loss = (m(x) - y).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item()); out.append(norms.tolist())
+        train_step(opt, loss, out)
+        out.append(norms.tolist())
     return out, params(m)
 
 def inference_mode_eval(steps):
@@ -358,8 +353,7 @@ def activation_hooks_and_scripted(steps):
         a = m(torch.randn(5, 4))
         a.register_hook(lambda g: g * 0.5)
         loss = h2(fused(a, 0.3)).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(m, h2)
 
 class Tagged(torch.Tensor):
@@ -389,8 +383,8 @@ def queued_inplace_order(steps):
         x.add_(1)
         w = x.clone(); x.zero_()
         loss = (y * w).sum() + z.sum()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item()); out.append(x.sum().item())
+        train_step(opt, loss, out)
+        out.append(x.sum().item())
     return out, params(m)
 
 def lr_schedulers_and_state_dict(steps):
@@ -419,8 +413,7 @@ def conv_pool_interp(steps):
         x = torch.randn(2, 2, 8, 8)
         y = m(x)
         loss = F.binary_cross_entropy_with_logits(y, (x[:, :1] > 0).float())
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item())
+        train_step(opt, loss, out)
     return out, params(m)
 
 def int_and_bool_tensors(steps):
@@ -434,8 +427,8 @@ def int_and_bool_tensors(steps):
         counts.scatter_add_(0, idx, torch.ones(8, dtype=torch.long))
         flags = idx % 2 == 0
         loss = (emb(idx) * flags.unsqueeze(1)).pow(2).sum()
-        opt.zero_grad(); loss.backward(); opt.step()
-        out.append(loss.item()); out.append(int(counts.max())); out.append(bool(flags.any()))
+        train_step(opt, loss, out)
+        out.append(int(counts.max())); out.append(bool(flags.any()))
     return out, params(emb) + [counts.clone()]
 
 S = {f.__name__: f for f in (sparse_embedding, retain_and_grad, freeze_midway, numpy_writes_tensor, view_inplace_on_param, history_stack, add_param_group, complex_and_ints, mha_and_weightnorm, data_dependent_branch, generator_and_reseed, deepcopy_target, amp_scaler, checkpointing, formats_and_lists, buffers_and_counters, custom_function_and_hooks, sampling_and_topk, masks_and_unique, packed_lstm, vmap_per_sample_grads, inference_mode_eval, activation_hooks_and_scripted, tensor_subclass, queued_inplace_order, lr_schedulers_and_state_dict, conv_pool_interp, int_and_bool_tensors)}
