@@ -12,6 +12,8 @@ function(terra_add_gtest name)
   target_link_libraries(${name} PRIVATE ${ARG_LIBS} GTest::gtest GTest::gtest_main Threads::Threads)
   gtest_discover_tests(${name}
     DISCOVERY_MODE PRE_TEST
+    # Listing loads LibTorch: over the default 5 s on a cold, loaded CI machine.
+    DISCOVERY_TIMEOUT 60
     PROPERTIES TIMEOUT 120)
   # Labels after discovery: gtest_discover_tests flattens a list-valued
   # property (LABELS "unit;gpu" would set LABELS=unit and a property "gpu").
