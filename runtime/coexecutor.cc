@@ -49,7 +49,7 @@ bool RestridesOnly(const std::string& name) {
 // Whether the leaf's memory is ordinary, allocator-owned memory: what a
 // backward segment names by the leaf (ExternalSource::kLeafData).
 bool OrdinaryLeafMemory(const at::Tensor& leaf) {
-  return leaf.has_storage() && SlotOf(leaf) == nullptr && !ForeignMemory(leaf);
+  return leaf.has_storage() && SlotOf(leaf) == nullptr && !DirectMemory(leaf);
 }
 
 bool AnyRequiresGrad(c10::ArrayRef<c10::IValue> inputs) {
@@ -155,6 +155,12 @@ const CoExecutor::OpKind& CoExecutor::KindOf(const c10::OperatorHandle& op) {
   for (size_t i = 0; i < schema.arguments().size(); ++i) {
     const c10::Argument& arg = schema.arguments()[i];
     if (arg.alias_info() != nullptr && arg.alias_info()->isWrite()) mutates = true;
+    const c10::TypePtr& type = arg.type();
+    if (type->kind() == c10::TypeKind::GeneratorType ||
+        (type->kind() == c10::TypeKind::OptionalType &&
+         type->containedType(0)->kind() == c10::TypeKind::GeneratorType)) {
+      k.generator_arg = static_cast<int>(i);
+    }
     if (arg.name() == "output_mask" && arg.type()->kind() == c10::TypeKind::ListType &&
         arg.type()->containedType(0)->kind() == c10::TypeKind::BoolType) {
       k.output_mask = static_cast<int>(i);
@@ -291,6 +297,21 @@ bool CoExecutor::Strided(const graph::GraphNode& node) const {
   return true;
 }
 
+bool CoExecutor::RunsInProgramTime(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs) const {
+  if (kind.generator_arg >= 0) {
+    const c10::IValue& g = inputs[static_cast<size_t>(kind.generator_arg)];
+    // The default generator's draws stay in the executor's program order:
+    // the calls that read or reseed it (torch.manual_seed, get_rng_state)
+    // drain first (terra/_sync.py, kind "rng").
+    if (g.isGenerator() && g.toGenerator() != at::detail::getDefaultCPUGenerator()) return true;
+  }
+  for (int arg : kind.returned_args) {
+    const c10::IValue& v = inputs[static_cast<size_t>(arg)];
+    if (v.isTensor() && DirectMemory(v.toTensor())) return true;
+  }
+  return false;
+}
+
 bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
   return ForEachTensorArgument(inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
     return SlotOf(t) == nullptr && !executor_.MayBeQueued(t);
@@ -417,6 +438,14 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     // or nested tensor in or out (nn.Embedding(sparse=True)'s gradient,
     // SparseAdam's coalesce) runs here, on real values.
     k = Kind::kEager;
+  }
+  if ((k == Kind::kCompute || k == Kind::kInPlace) && RunsInProgramTime(kind, inputs)) {
+    // Python may next read or write that generator or memory directly; no
+    // queued Work holds either (the copies of DirectMemory reads).
+    ++stats_.eager;
+    FailLearning("the backward draws from the program's generator or writes memory it holds directly");
+    AwaitAt(inputs, op.operator_name().name + " (runs now: a generator or memory the program holds)");
+    return false;
   }
   if (k == Kind::kRestride) {
     // A queued Work holds a future's memory through its slot, with the

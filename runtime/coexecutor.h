@@ -182,6 +182,8 @@ class CoExecutor final : public OpObserver {
     // compute: the index of a `bool[] output_mask` argument (the backward
     // ops that return undefined tensors where the mask is false), or -1.
     int output_mask = -1;
+    // The index of a `Generator?` argument (the random ops), or -1.
+    int generator_arg = -1;
   };
   const OpKind& KindOf(const c10::OperatorHandle& op);
   void Diverge(const c10::OperatorHandle& op, c10::ArrayRef<c10::IValue> inputs);
@@ -193,6 +195,11 @@ class CoExecutor final : public OpObserver {
   // order, without a drain: every tensor is in ordinary memory that no
   // queued Work reads or writes.
   bool RunsNow(c10::ArrayRef<c10::IValue> inputs) const;
+  // Whether the op must run on the program's thread, once its inputs are
+  // real: it draws from a generator the program passed (whose state the
+  // program may read or reseed at any time), or it writes memory the
+  // program reaches without ATen (DirectMemory).
+  bool RunsInProgramTime(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs) const;
   // Whether the op just validated (at `node`) has only plain strided
   // tensors in and out, which the executor can run on futures.
   bool Strided(const graph::GraphNode& node) const;

@@ -12,11 +12,14 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <unordered_map>
 #include <utility>
 
 #include "runtime/base/check.h"
@@ -27,7 +30,9 @@ namespace {
 
 constexpr const char* kNotReady =
     "Terra: this tensor's value is still being computed by the co-execution executor, and the "
-    "program read it through a path Terra does not watch. Report the call that read it; "
+    "program read it through a path Terra does not watch (on a thread other than the one "
+    "co-executing, an op on it is such a path; .item(), float(), printing, .tolist(), numpy and "
+    "torch.save wait for the value there). Report the call that read it; "
     "meanwhile run with --mode trace (or terra.enable(\"trace\")) to avoid co-execution.";
 
 
@@ -221,10 +226,107 @@ Slot* SlotOf(const at::Tensor& t) {
   return ptr.get_deleter() == &ReleaseSlot ? static_cast<Slot*>(ptr.get_context()) : nullptr;
 }
 
-bool ForeignMemory(const at::Tensor& t) {
-  if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
+namespace {
+
+// The storages live numpy arrays were handed, each with its count of such
+// arrays. Read on every op's ordinary arguments: `size` spares the lock
+// while no array is out. The program's array keeps the tensor, and so the
+// storage, alive: a key never outlives what it names.
+struct Exposures {
+  std::mutex mu;
+  std::unordered_map<const c10::StorageImpl*, uint32_t> count;
+  std::atomic<size_t> size{0};
+
+  static Exposures& Get() {
+    static Exposures* exposures = new Exposures();  // used by finalizers at exit
+    return *exposures;
+  }
+  bool Has(const c10::StorageImpl* storage) {
+    if (size.load(std::memory_order_acquire) == 0) return false;
+    std::lock_guard<std::mutex> lock(mu);
+    return count.find(storage) != count.end();
+  }
+};
+
+// The live asynchronous executors by id, for AwaitOnAnyThread: a slot names
+// its writer by id, and an executor that is gone drained first.
+struct LiveExecutors {
+  std::mutex mu;
+  std::unordered_map<uint64_t, const std::atomic<uint64_t>*> tails;
+
+  static LiveExecutors& Get() {
+    static LiveExecutors* live = new LiveExecutors();
+    return *live;
+  }
+  // Whether the Works before `count` of executor `id` have run.
+  bool Ran(uint64_t id, uint64_t count) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = tails.find(id);
+    return it == tails.end() || it->second->load(std::memory_order_acquire) >= count;
+  }
+};
+
+// Held while a future's storage is made real: the program's thread does it
+// in Materialize, another thread in AwaitOnAnyThread.
+std::mutex& MaterializeMutex() {
+  static std::mutex* mu = new std::mutex();
+  return *mu;
+}
+
+// Points the program's guarded `storage` at its slot's memory, if the slot
+// has it (its op ran and did not fail). Returns the guard's message, moved
+// out, for reuse. Under MaterializeMutex.
+std::optional<std::string> MakeReal(c10::StorageImpl* storage) {
+  c10::DataPtr& ptr = storage->_mutable_data_ptr_no_checks();
+  if (ptr.get() != nullptr || ptr.get_deleter() != &ReleaseSlot) return std::nullopt;
+  Slot* slot = static_cast<Slot*>(ptr.get_context());
+  if (!slot->storage) return std::nullopt;  // its op failed or was skipped: stays guarded
+  storage->set_data_ptr_noswap(SlotDataPtr(slot->storage.unsafeGetStorageImpl()->mutable_data(), slot, ptr.device()));
+  std::optional<std::string> message = std::move(storage->get_extra_meta().custom_data_ptr_error_msg_);
+  storage->clear_data_ptr_access_error_msg_();
+  return message;
+}
+
+}  // namespace
+
+void AwaitOnAnyThread(const at::Tensor& t) {
+  Slot* slot = SlotOf(t);
+  if (slot == nullptr) return;
+  const uint64_t writer = slot->writer.load(std::memory_order_relaxed);
+  const uint64_t written = slot->written.load(std::memory_order_relaxed);
+  while (!LiveExecutors::Get().Ran(writer, written)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  std::lock_guard<std::mutex> lock(MaterializeMutex());
+  MakeReal(t.storage().unsafeGetStorageImpl());
+}
+
+uintptr_t ExposeMemory(const at::Tensor& t) {
+  if (!t.defined() || !t.has_storage()) return 0;
   const c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
-  return storage != nullptr && storage->allocator() == nullptr && storage->data() != nullptr;
+  Exposures& e = Exposures::Get();
+  std::lock_guard<std::mutex> lock(e.mu);
+  ++e.count[storage];
+  e.size.store(e.count.size(), std::memory_order_release);
+  return reinterpret_cast<uintptr_t>(storage);
+}
+
+void EndExposure(uintptr_t key) {
+  if (key == 0) return;
+  Exposures& e = Exposures::Get();
+  std::lock_guard<std::mutex> lock(e.mu);
+  auto it = e.count.find(reinterpret_cast<const c10::StorageImpl*>(key));
+  if (it == e.count.end()) return;
+  if (--it->second == 0) e.count.erase(it);
+  e.size.store(e.count.size(), std::memory_order_release);
+}
+
+bool DirectMemory(const at::Tensor& t) {
+  if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
+  c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+  if (storage == nullptr) return false;
+  // A future's memory is exposed only once real (numpy drains first).
+  const bool real = storage->_mutable_data_ptr_no_checks().get() != nullptr;
+  if (real && Exposures::Get().Has(storage)) return true;
+  return real && storage->allocator() == nullptr && SlotOf(t) == nullptr;
 }
 
 namespace {
@@ -296,25 +398,26 @@ uint64_t Executor::WrittenArguments(const c10::OperatorHandle& op) {
 void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
   work.written_args = WrittenArguments(*work.op);
   // Inputs from Python are fed by value: memory the program can write
-  // behind ATen's back is copied now, unless the op writes it or a queued
-  // Work already holds it (then the executor's program order decides, as
-  // for any ordinary memory).
+  // behind ATen's back (DirectMemory, a future's included) is copied now,
+  // unless the op writes it or a queued Work already holds it (then the
+  // executor's program order decides, as for any ordinary memory; the
+  // co-executor runs such writes on the program's thread).
   auto fed = [&](const at::Tensor& t, uint32_t i) {
-    return !synchronous_ && ForeignMemory(t) && !work.Writes(i) && !MayBeQueued(t);
+    return !synchronous_ && !work.Writes(i) && DirectMemory(t) && !MayBeQueued(t);
   };
   // What the Work holds in place of `t`: nothing new for ordinary memory
   // (held as given, and noted), an undefined placeholder for a future's
   // memory (its SlotArgument), a copy for memory fed by value.
   auto adopt = [&](const at::Tensor& t, uint32_t i, int32_t element) -> std::optional<at::Tensor> {
-    if (Slot* slot = SlotOf(t)) {
-      if (work.Writes(i)) slot->SetWriter(id_, seq);
-      AddSlotArgument(work, t, slot, i, element);
-      return at::Tensor();
-    }
     if (fed(t, i)) {
       ++fed_by_value_;
       if (commit_observer_) work.fed.push_back({i, element, t.storage(), TensorLayout::Of(t)});
       return CopyNow(t);
+    }
+    if (Slot* slot = SlotOf(t)) {
+      if (work.Writes(i)) slot->SetWriter(id_, seq);
+      AddSlotArgument(work, t, slot, i, element);
+      return at::Tensor();
     }
     if (!t.defined() || !t.has_storage()) return std::nullopt;
     if (t.unsafeGetTensorImpl()->is_wrapped_number()) {
@@ -453,6 +556,9 @@ Executor::Executor(bool synchronous, WaitWrapper around_wait)
     program_pool_.Release();
     TuneMallocOnce();
     thread_ = std::thread([this] { Loop(); });
+    LiveExecutors& live = LiveExecutors::Get();
+    std::lock_guard<std::mutex> lock(live.mu);
+    live.tails.emplace(id_, &tail_);
   }
 }
 
@@ -460,6 +566,11 @@ Executor::~Executor() {
   if (!synchronous_) {
     const uint64_t end = head_.load();
     WaitUntilRun(end);
+    {
+      LiveExecutors& live = LiveExecutors::Get();
+      std::lock_guard<std::mutex> lock(live.mu);
+      live.tails.erase(id_);
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_.store(true);
@@ -596,7 +707,9 @@ void Executor::Drain() {
 uint64_t Executor::WrittenBy(const at::Tensor& t) const {
   if (!t.defined() || !t.has_storage()) return 0;
   // A writer of another (earlier, drained) executor has run.
-  if (const Slot* slot = SlotOf(t)) return slot->writer == id_ ? slot->written : 0;
+  if (const Slot* slot = SlotOf(t)) {
+    return slot->writer.load(std::memory_order_relaxed) == id_ ? slot->written.load(std::memory_order_relaxed) : 0;
+  }
   // Ordinary memory: the last Work that touches it (reads included; cheap to
   // over-wait, and such reads are rare).
   auto it = referenced_.find(t.storage().unsafeGetStorageImpl());
@@ -643,20 +756,14 @@ void Executor::ThrowError() {
 
 void Executor::Materialize(uint64_t done) {
   size_t i = materialized_;
+  std::lock_guard<std::mutex> lock(MaterializeMutex());
   for (; i < unmaterialized_.size() && unmaterialized_[i].first < done; ++i) {
     c10::intrusive_ptr<c10::StorageImpl> storage = unmaterialized_[i].second.lock();
     if (!storage) continue;  // the program dropped this future
-    c10::DataPtr& ptr = storage->_mutable_data_ptr_no_checks();
-    if (ptr.get() != nullptr || ptr.get_deleter() != &ReleaseSlot) continue;
-    Slot* slot = static_cast<Slot*>(ptr.get_context());
-    if (!slot->storage) continue;  // its op failed or was skipped: stays guarded
-    storage->set_data_ptr_noswap(
-        SlotDataPtr(slot->storage.unsafeGetStorageImpl()->mutable_data(), slot, ptr.device()));
     // The guard's message goes back to the next future: one allocation of
     // it per future less.
-    std::optional<std::string>& message = storage->get_extra_meta().custom_data_ptr_error_msg_;
+    std::optional<std::string> message = MakeReal(storage.get());
     if (message && spare_messages_.size() < kSpareMessages) spare_messages_.push_back(std::move(*message));
-    storage->clear_data_ptr_access_error_msg_();
   }
   if (i == unmaterialized_.size()) {
     unmaterialized_.clear();

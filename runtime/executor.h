@@ -82,11 +82,12 @@ struct Slot : c10::intrusive_ptr_target {
   // outlives its executor (co-execution restarts on a grown graph with a new
   // one), and the old executor drained before it went, so a writer of another
   // executor is no wait at all.
-  uint64_t written = 0;
-  uint64_t writer = 0;  // Executor::id()
+  // Atomic (relaxed) only for AwaitOnAnyThread's reads from another thread.
+  std::atomic<uint64_t> written{0};
+  std::atomic<uint64_t> writer{0};  // Executor::id()
   void SetWriter(uint64_t executor, uint64_t seq) {
-    writer = executor;
-    written = seq + 1;
+    writer.store(executor, std::memory_order_relaxed);
+    written.store(seq + 1, std::memory_order_relaxed);
   }
 };
 
@@ -197,9 +198,24 @@ struct Work {
 // result), or null: ordinary memory.
 Slot* SlotOf(const at::Tensor& t);
 
-// Memory the program can write without ATen: numpy's (torch.from_numpy),
-// from_blob's, a memory map. Such a storage has no allocator.
-bool ForeignMemory(const at::Tensor& t);
+// Memory the program can read and write without ATen, at any time:
+// memory with no allocator (numpy's behind torch.from_numpy, from_blob's, a
+// memory map), and memory a live numpy array was handed (Tensor.numpy,
+// numpy.asarray: ExposeMemory). A queued op reads it as it is when the op is
+// queued (a copy), and an op that writes it runs on the program's thread.
+bool DirectMemory(const at::Tensor& t);
+
+// A read of `t` on a thread other than the program's (a checkpoint or
+// logging thread handed a tensor by the program): waits until the Works that
+// write its value have run and makes it real, if it is a future. Such a
+// thread cannot drain the program's executor; it waits for that value only,
+// polling (call it without the GIL: a queued Python task may need it).
+void AwaitOnAnyThread(const at::Tensor& t);
+
+// Notes that the program holds `t`'s memory through a numpy array, until
+// EndExposure(key) with the returned key (when the array dies). Any thread.
+uintptr_t ExposeMemory(const at::Tensor& t);
+void EndExposure(uintptr_t key);
 
 // A copy of CPU tensor `t`'s elements as they are now, with `t`'s layout, in
 // memory of its own starting at `t`'s first element: a byte copy of the span

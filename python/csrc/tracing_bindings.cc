@@ -24,6 +24,7 @@
 #include "python/csrc/python_frames.h"
 #include "runtime/base/check.h"
 #include "runtime/coexecutor.h"
+#include "runtime/executor.h"
 #include "runtime/interception.h"
 #include "runtime/recorder.h"
 #include "runtime/tracing_report.h"
@@ -458,6 +459,12 @@ class Tracer {
 
 void BindTracing(py::module_& m) {
   runtime::SetDeferrableHookCheck(&AllHooksDeferrable);
+  m.def("_expose_memory", &runtime::ExposeMemory, py::arg("tensor"),
+        "Notes that a numpy array holds tensor's memory; returns the key for _end_exposure.");
+  m.def("_end_exposure", &runtime::EndExposure, py::arg("key"), "The array of _expose_memory's key died.");
+  m.def("_await_on_any_thread", &runtime::AwaitOnAnyThread, py::arg("tensor"),
+        py::call_guard<py::gil_scoped_release>(),
+        "A read of tensor on a thread other than the co-executing one: waits for its value.");
   py::class_<QueuedCollective, std::shared_ptr<QueuedCollective>>(m, "_QueuedCollective")
       .def("wait_now",
            [](QueuedCollective& q, std::optional<double> timeout_s) {

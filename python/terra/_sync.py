@@ -15,13 +15,23 @@ them so that Terra hears of the read before it happens and can wait for the valu
                        __str__, object.__str__ calls __repr__), and Tensor.__str__ too on
                        a torch that defines one
     "format"           torch.Tensor.__format__ (f"{t}", f"{t:.3f}", format(t, spec))
+    "apply"            torch.Tensor.apply_, map_ and map2_: C++ loops that call a Python
+                       callable per element, reading and writing the memory directly
+                       (the other tensors of map_ and map2_ too: the read drains)
+    "set_data"         the torch.Tensor.data setter (``p.data = x``, vector_to_parameters)
+                       and torch.utils.swap_tensors (both tensors): they point the
+                       tensor at other memory without an ATen op the interception sees,
+                       behind queued ops that hold the tensor itself. The getter is not
+                       reported.
     "dlpack"           torch.Tensor.__dlpack__, torch.utils.dlpack.to_dlpack and
                        torch.to_dlpack (one builtin under two names)
     "save"             torch.save and torch.serialization.save (one function under two
                        names): every tensor found by walking the saved object through
                        dicts (OrderedDict included), lists, tuples and sets, each distinct
-                       tensor once; tensors inside other objects (an nn.Module, a
-                       dataclass) are not found.
+                       tensor once. Another object in it (an nn.Module, a dataclass) may
+                       hold tensors the walk cannot see, and the pickler reads them
+                       nested, unreported: such a save reports None once, after the
+                       tensors found (Terra then waits for everything queued).
     "compiled"         torch._inductor.output_code.CompiledFxGraph.__call__ and
                        CompiledAOTI.__call__: code torch.compile generated, whose kernels
                        read and write tensor memory directly. Patched when that module is
@@ -34,19 +44,28 @@ them so that Terra hears of the read before it happens and can wait for the valu
                        state, which queued random ops have yet to consume. Reported
                        with no tensor (on_read(None, "rng")).
 
-``.item()``, ``bool(t)``, ``int(t)`` and ``float(t)`` are dispatched (_local_scalar_dense)
-and are seen by the C++ interception, so they are not patched here. Not coverable from
+``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``, ``operator.index(t)`` and ``complex(t)``
+are dispatched (_local_scalar_dense) and are seen by the C++ interception on the thread it
+watches. They are patched for ``on_scalar`` alone, which hears of them on every thread:
+Terra makes a read on another thread wait for the value. Not coverable from
 Python: ``Tensor.__dlpack_c_exchange_api__``, a capsule of C function pointers through
 which consumers such as tvm-ffi export a tensor without calling any Python; the storage
-"throw on access" flags are the safety net there. Nor are a ``torch.Generator``'s own
-methods (``g.get_state()``, ``torch.default_generator.manual_seed(s)``): the type is
-immutable, and no flag guards a generator.
+"throw on access" flags are the safety net there. Nor are the default generator's own
+methods (``torch.default_generator.manual_seed(s)``, ``.get_state()``): the type is
+immutable, and no flag guards a generator. A generator the program made needs no report:
+the ops drawing from it run at once, on the program's thread.
 
 Contract of the callbacks given to ``install``:
 - ``on_read(tensor, kind)`` runs before the read, once per call the program makes (for
   "save", once per tensor found, all before the save starts). Its exceptions propagate
   to the caller and the original is then not run: Terra raises there when a value cannot
   be produced.
+- ``on_handout(tensor, array)``, optional, runs after a reported "numpy" or "__array__"
+  call returned ``array``: the program may now read and write the tensor's memory through
+  it, behind the dispatcher, for as long as the array lives. Terra notes that memory
+  (ops then read it when queued and write it at once) until the array dies.
+- ``on_scalar(tensor)``, optional, runs before each scalar read (above), nested or not,
+  without ``suspend``: the read itself must still reach the C++ interception.
 - ``suspend()`` returns a context manager; the original implementation runs inside it.
   Terra's one switches its op interception off, so that the ATen ops an entry point
   issues internally (printing runs dozens) are not recorded.
@@ -88,9 +107,19 @@ _TENSOR_METHODS = (
     ("__repr__", "print"),
     ("__format__", "format"),
     ("__dlpack__", "dlpack"),
+    ("apply_", "apply"),
+    ("map_", "apply"),
+    ("map2_", "apply"),
 )
 
-# (on_read, suspend) while installed, else None. Replaced whole, so that a wrapper
+# Scalar reads: dispatched (_local_scalar_dense), so the C++ interception sees them on the
+# thread it watches; patched only for on_scalar, which hears of them on other threads.
+_SCALAR_METHODS = ("item", "__float__", "__int__", "__bool__", "__index__", "__complex__")
+
+# The kinds whose result hands the tensor's memory to the program (on_handout).
+_HANDOUT_KINDS = frozenset(("numpy", "__array__"))
+
+# (on_read, suspend, on_handout, on_scalar) while installed, else None. Replaced whole, so that a wrapper
 # reading it once sees a consistent pair.
 _hooks = None
 # Each entry: (owner, name, the raw attribute in owner.__dict__, or _ABSENT).
@@ -122,6 +151,7 @@ def _keyword_names(fn):
 
 def _wrap_method(original, kind):
     accepted = _keyword_names(original)
+    handout = kind in _HANDOUT_KINDS
 
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
@@ -142,10 +172,27 @@ def _wrap_method(original, kind):
                 # Dispatch __torch_function__ here, as the original would, but with the
                 # original as func, so that identity checks against it still hold.
                 if _has_torch_function_unary(self):
-                    return _handle_torch_function(original, (self,), self, *args, **kwargs)
-                return original(self, *args, **kwargs)
+                    result = _handle_torch_function(original, (self,), self, *args, **kwargs)
+                else:
+                    result = original(self, *args, **kwargs)
+            if handout and hooks[2] is not None:
+                hooks[2](self, result)
+            return result
         finally:
             state.active = False
+
+    return wrapper
+
+
+def _wrap_scalar(original):
+    # No nesting flag and no suspend: on_scalar only waits, and the op that follows must
+    # reach the C++ interception.
+    @functools.wraps(original)
+    def wrapper(self, *args, **kwargs):
+        hooks = _hooks
+        if hooks is not None and hooks[3] is not None:
+            hooks[3](self)
+        return original(self, *args, **kwargs)
 
     return wrapper
 
@@ -186,14 +233,25 @@ def _first_tensor(args, kwargs):
     return ()
 
 
+# What torch.save's walk knows holds no tensor. A storage was reported when the program
+# got it (untyped_storage, a handout: Terra waited for everything then).
+_LEAF_TYPES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device,
+               torch.Size, torch.layout, torch.memory_format, torch.UntypedStorage,
+               torch.storage.TypedStorage)
+
+
 def _saved_tensors(args, kwargs):
-    """Each distinct tensor in torch.save's obj, depth first in container order."""
+    """Each distinct tensor in torch.save's obj, depth first in container order; then
+    None if the walk met an object it cannot see into."""
     found = []
     seen = set()
+    opaque = False
     stack = [args[0] if args else kwargs.get("obj")]
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
+            continue
+        if isinstance(obj, _LEAF_TYPES):
             continue
         if isinstance(obj, torch.Tensor):
             seen.add(id(obj))
@@ -208,7 +266,28 @@ def _saved_tensors(args, kwargs):
         elif isinstance(obj, (set, frozenset)):
             seen.add(id(obj))
             stack.extend(obj)
+        else:
+            opaque = True
+    if opaque:
+        found.append(None)
     return found
+
+
+def _two_tensors(args, kwargs):
+    return tuple(t for t in args[:2] if isinstance(t, torch.Tensor))
+
+
+class _WrappedProperty(property):
+    """A property that names what it wraps, as functools.wraps does for the functions."""
+
+
+def _wrap_data_property(descriptor):
+    """torch.Tensor.data with a setter that reports "set_data" (the getter is the C one's)."""
+    setter = _wrap_function(descriptor.__set__, "set_data", _first_tensor)
+    wrapper = _WrappedProperty(descriptor.__get__, setter, None, descriptor.__doc__)
+    wrapper.__wrapped__ = descriptor
+    wrapper.__name__ = descriptor.__name__
+    return wrapper
 
 
 def _patch(owner, name, wrapper):
@@ -224,6 +303,13 @@ def _patch_all():
         original = getattr(torch.Tensor, name, None)
         if original is not None:
             _patch(torch.Tensor, name, _wrap_method(original, kind))
+    data = torch._C.TensorBase.__dict__.get("data")
+    if data is not None and "data" not in torch.Tensor.__dict__:
+        _patch(torch.Tensor, "data", _wrap_data_property(data))
+    for name in _SCALAR_METHODS:
+        original = getattr(torch.Tensor, name, None)
+        if original is not None:
+            _patch(torch.Tensor, name, _wrap_scalar(original))
     # Each function is wrapped once and the wrapper set under all its names, so that
     # whichever name the program calls reports once, and uninstall restores each name.
     for original, owners, name, kind, find_tensors in (
@@ -233,6 +319,7 @@ def _patch_all():
          _saved_tensors),
         *((getattr(torch.random, name), (torch.random, torch), name, "rng", _no_tensor)
           for name in ("get_rng_state", "set_rng_state", "manual_seed", "seed")),
+        (torch.utils.swap_tensors, (torch.utils,), "swap_tensors", "set_data", _two_tensors),
     ):
         wrapper = _wrap_function(original, kind, find_tensors)
         for owner in owners:
@@ -292,8 +379,8 @@ def _restore_all():
             setattr(owner, name, original)
 
 
-def install(on_read, suspend):
-    """Patches the entry points (see the module docstring) to call on_read and suspend.
+def install(on_read, suspend, on_handout=None, on_scalar=None):
+    """Patches the entry points (see the module docstring) to call the callbacks.
 
     Installing again only replaces the callbacks; the entry points are wrapped once.
     """
@@ -305,7 +392,7 @@ def install(on_read, suspend):
             except BaseException:
                 _restore_all()
                 raise
-        _hooks = (on_read, suspend)
+        _hooks = (on_read, suspend, on_handout, on_scalar)
 
 
 def uninstall():

@@ -261,7 +261,7 @@ class _Session:
         self._voting = _peer_client() is not None and mode in ("auto", "coexec")
         self._agree_key = f"terra/trace/{next(_session_numbers)}/"
         self._hook = register_optimizer_step_post_hook(self._on_step)
-        _sync.install(self._on_read, self._suspend)
+        _sync.install(self._on_read, self._suspend, _on_handout, self._on_scalar)
         self._backward_patch = _BackwardPatch(self)
         self._start()
 
@@ -305,11 +305,29 @@ class _Session:
         finally:
             self.tracer.resume()
 
+    def _on_scalar(self, tensor):
+        # .item(), float(t), ...: the C++ interception handles this thread's.
+        if self.active and self.phase == "coexec" and threading.get_ident() != self.thread:
+            _C._await_on_any_thread(tensor)
+
     def _on_read(self, tensor, kind):
+        if self.active and self.phase == "coexec" and tensor is not None and \
+                threading.get_ident() != self.thread:
+            # Another thread (a checkpoint or logging thread the program handed a
+            # tensor to) cannot drain this thread's executor: it waits for that value.
+            _C._await_on_any_thread(tensor)
+            return
+        if kind == "set_data":
+            # The tensor will point at other memory: queued ops that hold it (not
+            # its memory: an ordinary tensor is held as given) must run first.
+            if self.active and self.phase == "coexec" and threading.get_ident() == self.thread:
+                self.tracer.coexec_fetch_value(tensor, kind)
+            return
         if self.active and threading.get_ident() == self.thread:
             if tensor is None:
                 # The generator's state (kind "rng"): queued random ops consume it
-                # in program order, so it is read or replaced after they ran.
+                # in program order, so it is read or replaced after they ran. Or a
+                # torch.save whose object hides tensors (a module): all of them.
                 if self.phase == "coexec":
                     self.tracer.coexec_fetch(kind)
                 return
@@ -866,6 +884,17 @@ def dot():
     """The TraceGraph as Graphviz DOT text ("" when tracing never ran)."""
     s = _last_session()
     return s.tracer.dot() if s is not None else ""
+
+
+def _on_handout(tensor, array):
+    """The program holds tensor's memory through numpy array `array` (Tensor.numpy,
+    numpy.asarray) and may write or read it at any time while the array lives: ops then
+    read that memory when queued and write it at once (docs/coexecution.md, "Inputs from
+    Python"). Any thread, any phase: the array may outlive tracing."""
+    if getattr(array, "base", None) is None:
+        return  # a copy (a dtype conversion), not the tensor's memory
+    key = _C._expose_memory(tensor)
+    weakref.finalize(array, _C._end_exposure, key).atexit = False
 
 
 def _start_from_environment():

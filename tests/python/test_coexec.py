@@ -490,12 +490,182 @@ def everyday_features(steps):
     return out, params(model) + ema + [b.clone() for b in model.buffers()]
 
 
+def held_numpy_views(steps):
+    # The program holds numpy arrays over tensor memory across steps: it
+    # refills the batch through one (taken once, with Tensor.numpy), and reads
+    # two accumulators that in-place ops update through others (numpy.asarray
+    # over torch's memory, torch.from_numpy over numpy's). Ops read such memory
+    # when queued and write it at once: before, the queued backward read the
+    # next step's batch, and the sums read through the arrays were stale.
+    # Tensor.apply_ (and map_, map2_) read and write without ATen too: they
+    # drain first.
+    torch.manual_seed(0)
+    rs = np.random.RandomState(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batch = torch.zeros(32, 64)
+    batch_np = batch.numpy()
+    acc = torch.zeros(8, 256)
+    acc_view = np.asarray(acc)
+    acc2_np = np.zeros(8, dtype=np.float32)
+    acc2 = torch.from_numpy(acc2_np)
+    heavy = torch.ones(400, 400)
+    out = []
+    for i in range(steps):
+        batch_np[:] = rs.randn(32, 64)
+        busy = heavy.mm(heavy)  # keeps the executor behind the program
+        loss = model(batch).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            acc.add_(model[2].weight.grad)
+            acc2.mul_(0.5).add_(model[2].bias.grad)
+            scaled = torch.zeros(8).add_(model[2].bias.grad)
+        scaled.apply_(lambda v: v * 2 + 1)  # a Python callable per element, on the memory
+        out.append(float(acc_view.sum()))
+        out.append(float(acc2_np.sum()))
+        out.append(scaled.sum().item())
+        if i % 4 == 3:
+            out.append(loss.item())
+    out.append(busy[0, 0].item())
+    return out, params(model) + [acc.clone(), acc2.clone()]
+
+
+def program_generator(steps):
+    # Random ops drawing from a generator the program made, which it reseeds
+    # and reads between them: those draws run on the program's thread, in its
+    # time (queued, they drew after the reseed and the state read missed them).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    heavy = torch.ones(400, 400)
+    out = []
+    for i in range(steps):
+        busy = heavy.mm(heavy)
+        logits = model(torch.randn(32, 64))
+        probs = logits.softmax(-1).detach()
+        action = torch.multinomial(probs, 1, generator=g)
+        mask = torch.bernoulli(probs, generator=g)
+        if i % 3 == 0:
+            g.manual_seed(100 + i)
+        out.append(int(g.get_state().sum()))
+        loss = (logits * mask).mean() + logits.gather(1, action).mean()
+        train_step(opt, loss, out)
+    out.append(busy[0, 0].item())
+    return out, params(model)
+
+
+def reads_on_other_threads(steps):
+    # A checkpoint thread saves snapshots the training thread cloned, and a
+    # logging thread prints, lists and converts values it was handed:
+    # futures, still being computed. Such a thread cannot drain the training
+    # thread's executor; its watched reads and scalar reads wait for the value
+    # (before, torch.save and float() there raised "still being computed").
+    import concurrent.futures
+    import queue
+    import threading
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    heavy = torch.ones(400, 400)
+
+    def save(snapshot):
+        buf = io.BytesIO()
+        torch.save(snapshot, buf)
+        buf.seek(0)
+        return torch.load(buf)
+
+    lines, logged = queue.Queue(), []
+
+    def log():
+        while (t := lines.get()) is not None:
+            logged.append(f"{t.tolist()} {t} {float(t)} {t.item() > 0}")
+
+    logger = threading.Thread(target=log)
+    logger.start()
+    saved = []
+    out = []
+    for i in range(steps):
+        busy = heavy.mm(heavy)
+        loss = model(torch.randn(32, 64)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lines.put(loss.detach() * 2)
+        if i % 4 == 1:
+            saved.append(pool.submit(save, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        if i % 4 == 3:
+            out.append(loss.item())
+    lines.put(None)
+    logger.join()
+    snapshots = [f.result() for f in saved]
+    out.append(busy[0, 0].item())
+    return out + logged, params(model) + [t for s in snapshots for t in s.values()]
+
+
+def data_assignment(steps):
+    # Parameters repointed with `.data =`: a hand-written EMA, and a
+    # flattened update written back with vector_to_parameters. The setter is
+    # no ATen op, and a queued op holds an ordinary tensor itself: before,
+    # it read the new memory (a future still being computed: the forward's
+    # addmm failed at the first co-executed step).
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    ema = [p.detach().clone() for p in model.parameters()]
+    out = []
+    for i in range(steps):
+        loss = model(torch.randn(5, 4)).pow(2).mean()
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        with torch.no_grad():
+            v = parameters_to_vector(model.parameters()) - 0.05 * parameters_to_vector(grads)
+        vector_to_parameters(v, model.parameters())
+        for e, p in zip(ema, model.parameters()):
+            e.data = 0.9 * e.data + 0.1 * p.data
+        terra.iteration()
+        out.append(loss.item())
+    return out, params(model) + ema
+
+
+def saves_whole_module(steps):
+    # torch.save of the nn.Module itself (not its state_dict), with the
+    # optimizer queued behind a busy executor: the pickler reads the
+    # parameters nested inside torch.save, unreported, and torch.save's walk
+    # found no tensor in the module, so it waited for nothing and wrote the
+    # parameters before the queued step had updated them.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    heavy = torch.ones(300, 300)
+    out = []
+    for i in range(steps):
+        busy = heavy.mm(heavy)
+        loss = model(torch.randn(5, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i % 3 == 2:
+            buf = io.BytesIO()
+            torch.save({"model": model, "step": i}, buf)
+            buf.seek(0)
+            loaded = torch.load(buf, weights_only=False)["model"]
+            out.append([p.sum().item() for p in loaded.parameters()])
+        out.append(loss.item())
+    out.append(busy[0, 0].item())
+    return out, params(model)
+
+
 SCENARIOS = {f.__name__: f for f in (item_and_print, numpy_between, manual_update_and_clip, lbfgs,
                                      two_models, checkpoint, reused_numpy_buffer,
                                      scheduled_loss_scale, numpy_written_before_backward, sliced_batches,
                                      hooked_backward, deferrable_hooks, raising_deferrable_hook,
                                      batch_first_rnn, ema_and_executor_lag, sparse_gradients, gradient_penalty,
-                                     rng_state_midway, everyday_features)}
+                                     rng_state_midway, everyday_features, held_numpy_views,
+                                     program_generator, reads_on_other_threads, data_assignment,
+                                     saves_whole_module)}
 name = sys.argv[1]
 steps = 12
 eager = SCENARIOS[name](steps)
@@ -514,7 +684,9 @@ print("RESULT " + json.dumps({"same": same, "coexec": stats.get("coexec", {})}))
                                       "scheduled_loss_scale", "numpy_written_before_backward", "sliced_batches",
                                       "hooked_backward", "deferrable_hooks", "raising_deferrable_hook",
                                       "batch_first_rnn", "ema_and_executor_lag", "sparse_gradients",
-                                      "gradient_penalty", "rng_state_midway", "everyday_features"])
+                                      "gradient_penalty", "rng_state_midway", "everyday_features",
+                                      "held_numpy_views", "program_generator", "reads_on_other_threads",
+                                      "data_assignment", "saves_whole_module"])
 def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     path = tmp_path / "scenarios.py"
     path.write_text(textwrap.dedent(SCENARIOS))
@@ -528,7 +700,7 @@ def test_scenario_bit_identical_under_coexec(scenario, tmp_path):
     assert result["same"], result
     assert result["coexec"]["iterations"] > 0, result
     assert result["coexec"]["submitted"] > 0, result
-    if scenario == "reused_numpy_buffer":
+    if scenario in ("reused_numpy_buffer", "held_numpy_views"):
         assert result["coexec"]["fed_by_value"] > 0, result
     # loss.backward() replayed as one segment (docs/coexecution.md, "The
     # backward as one unit"), or kept op by op where it must be.

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import importlib.util
 import io
+import operator
 import pathlib
 import pickle
 import threading
@@ -24,11 +25,12 @@ _spec.loader.exec_module(sync)
 
 PATCHED_METHODS = (
     "numpy", "__array__", "tolist", "data_ptr", "const_data_ptr", "untyped_storage",
-    "__repr__", "__format__", "__dlpack__",
+    "__repr__", "__format__", "__dlpack__", "apply_", "map_", "map2_",
+    "item", "__float__", "__int__", "__bool__", "__index__", "__complex__", "data",
 )
 PATCHED_FUNCTIONS = (
     (torch, "save"), (torch.serialization, "save"),
-    (torch, "to_dlpack"), (torch.utils.dlpack, "to_dlpack"),
+    (torch, "to_dlpack"), (torch.utils.dlpack, "to_dlpack"), (torch.utils, "swap_tensors"),
 )
 
 
@@ -94,6 +96,7 @@ def same(a, b):
 
 T = torch.arange(6, dtype=torch.float32).reshape(2, 3) / 3
 Z = torch.tensor(2.0 / 3)
+A = torch.arange(3, dtype=torch.float32)  # apply_ and map_ write it: identity callables
 
 # (test id, kind, tensor read, the call, result to compare with the unpatched call)
 CASES = [
@@ -122,6 +125,9 @@ CASES = [
     ("utils.dlpack.to_dlpack", "dlpack", T, lambda: torch.utils.dlpack.to_dlpack(T),
      lambda r: torch.from_dlpack(r)),
     ("torch.to_dlpack", "dlpack", T, lambda: torch.to_dlpack(T), lambda r: torch.from_dlpack(r)),
+    ("apply_", "apply", A, lambda: A.apply_(lambda v: v), lambda r: r.clone()),
+    ("map_", "apply", A, lambda: A.map_(A, lambda a, b: a), lambda r: r.clone()),
+    ("map2_", "apply", A, lambda: A.map2_(A, A, lambda a, b, c: a), lambda r: r.clone()),
 ]
 
 
@@ -138,6 +144,54 @@ def test_entry_point_reports_once(rec, kind, tensor, call, result):
     assert read_kind == kind
     assert rec.log[1:] == ["enter", "exit"]
     assert same(got, expected)
+
+
+def test_handouts_report_the_array_they_return(rec):
+    # Tensor.numpy and __array__ hand out the tensor's memory: on_handout gets the
+    # array (Terra notes the memory while it lives); reads that copy get no call.
+    handed = []
+    sync.install(rec.on_read, rec.suspend, lambda t, array: handed.append((t, array)))
+    a = T.numpy()
+    b = np.asarray(T)
+    c = np.asarray(T, dtype=np.float64)
+    T.tolist()
+    repr(T)
+    assert [t is T for t, _ in handed] == [True, True, True]
+    assert handed[0][1] is a and handed[1][1] is b and handed[2][1] is c
+    assert a.base is not None and np.shares_memory(b, a) and c.base is None
+    assert rec.kinds() == ["numpy", "__array__", "__array__", "tolist", "print"]
+
+
+def test_scalar_reads_call_on_scalar_without_suspending(rec):
+    # Dispatched reads: the C++ interception must still see them, so no suspend; on_scalar
+    # hears of each (Terra makes those on other threads wait for the value).
+    scalars = []
+    z = Z.item()
+    sync.install(rec.on_read, rec.suspend, None, scalars.append)
+    i = torch.tensor(3)
+    c = torch.tensor(1 + 2j)
+    got = (Z.item(), float(Z), int(i), bool(i), operator.index(i), complex(c), [0, 1, 2, 3][i])
+    assert got == (z, z, 3, True, 3, 1 + 2j, 3)
+    assert [t is Z for t in scalars[:2]] == [True, True] and all(t is i for t in scalars[2:5])
+    assert scalars[5] is c and scalars[6] is i and len(scalars) == 7
+    assert rec.log == []
+    sync.install(rec.on_read, rec.suspend)  # no on_scalar: nothing to call
+    assert Z.item() == float(Z)
+
+
+def test_data_assignment_and_swap_report_the_tensors_they_repoint(rec):
+    # p.data = x and swap_tensors point a tensor at other memory with no ATen op the
+    # interception sees; reading p.data reports nothing.
+    p = torch.nn.Parameter(T.clone())
+    view = p.data
+    new = torch.zeros(2, 3)
+    p.data = new
+    assert rec.reads() == [(p, "set_data")]
+    assert torch.equal(p, new) and p.requires_grad and torch.equal(view, T)
+    a, b = torch.ones(2), torch.zeros(2)
+    torch.utils.swap_tensors(a, b)
+    assert rec.reads()[1:] == [(a, "set_data"), (b, "set_data")]
+    assert a.tolist() == [0.0, 0.0] and b.tolist() == [1.0, 1.0]
 
 
 def test_pickle_reports_once(rec):
@@ -327,6 +381,13 @@ def test_save_walks_sets_tuples_and_shared_tensors_once(rec):
     a, b = T.clone(), Z.clone()
     torch.save([{a}, Pair(a, b), (b,), {"k": [a]}], io.BytesIO())
     assert rec.reads() == [(a, "save"), (b, "save")]
+
+
+def test_save_of_an_object_the_walk_cannot_see_into_reports_none_last(rec):
+    # A module's parameters are pickled nested, unreported: None asks for everything.
+    model = torch.nn.Linear(2, 1)
+    torch.save({"model": model, "t": T, "dtype": torch.float32, "n": None}, io.BytesIO())
+    assert rec.reads() == [(T, "save"), (None, "save")]
 
 
 class Unavailable(Exception):

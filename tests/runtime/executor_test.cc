@@ -8,6 +8,7 @@
 
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -275,6 +276,35 @@ TEST(ExecutorTest, AReadWaitsOnlyForTheWorkThatWritesTheValue) {
   opener.join();
   ex.Drain();
   EXPECT_TRUE(c.equal(at::full({3}, 9.0)));  // 3 + 6: b as it was when c was issued
+}
+
+TEST(ExecutorTest, ExposedMemoryIsReadAsItWasWhenTheWorkWasQueued) {
+  // The program holds a numpy array over `x` (ExposeMemory) and writes
+  // through it while a Work that reads `x` is still queued behind the gate.
+  gate_open.store(false);
+  Executor ex;
+  const graph::TensorMeta meta{6, 0, -1, {3}, {1}};
+  at::Tensor x = at::full({3}, 2.0);
+  EXPECT_FALSE(DirectMemory(x));
+  const uintptr_t key = ExposeMemory(x);
+  EXPECT_TRUE(DirectMemory(x));
+  EXPECT_TRUE(DirectMemory(x.slice(0, 1)));  // a view: the same storage
+  at::Tensor g = Submit(ex, "terra_test::gate", "", {at::full({3}, 0.0)}, meta);
+  at::Tensor y = Submit(ex, "aten::add", "Tensor", {g, x, c10::Scalar(1)}, meta);
+  EXPECT_EQ(ex.fed_by_value(), 1u);
+  EXPECT_FALSE(ex.MayBeQueued(x));
+  std::fill_n(x.data_ptr<float>(), 3, 100.0f);  // behind ATen's back
+  gate_open.store(true);
+  ex.Drain();
+  EXPECT_TRUE(y.equal(at::full({3}, 3.0)));  // 1 + 2: x as it was when queued
+  EndExposure(key);
+  EXPECT_FALSE(DirectMemory(x));
+
+  // A future's memory counts once it is real (numpy drains before handing it out).
+  at::Tensor f = MakeFuture({2}, {1}, at::kFloat, at::kCPU);
+  const uintptr_t future_key = ExposeMemory(f);
+  EXPECT_FALSE(DirectMemory(f));
+  EndExposure(future_key);
 }
 
 TEST(TensorLayoutTest, ARebuiltPythonNumberStaysAWrappedNumber) {
