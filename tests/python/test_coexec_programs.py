@@ -1,8 +1,9 @@
 """Programs a demanding user writes, each run eagerly and then co-executed in one
 process: losses, printed values and parameters must be bit-identical. Written as
-adversarial probes of co-execution (session 13); four of them found bugs, now
-scenarios in test_coexec.py. Each also checks that it co-executed, except the
-sparse one, whose shapes change every step (tracing gives up)."""
+adversarial probes of co-execution (sessions 13 and 14); those that found bugs are
+scenarios in test_coexec.py, and these are the ones that passed, kept against
+regressions. Each also checks that it co-executed, except the sparse one, whose shapes
+change every step (tracing gives up)."""
 import json
 import os
 import subprocess
@@ -431,7 +432,203 @@ def int_and_bool_tensors(steps):
         out.append(int(counts.max())); out.append(bool(flags.any()))
     return out, params(emb) + [counts.clone()]
 
-S = {f.__name__: f for f in (sparse_embedding, retain_and_grad, freeze_midway, numpy_writes_tensor, view_inplace_on_param, history_stack, add_param_group, complex_and_ints, mha_and_weightnorm, data_dependent_branch, generator_and_reseed, deepcopy_target, amp_scaler, checkpointing, formats_and_lists, buffers_and_counters, custom_function_and_hooks, sampling_and_topk, masks_and_unique, packed_lstm, vmap_per_sample_grads, inference_mode_eval, activation_hooks_and_scripted, tensor_subclass, queued_inplace_order, lr_schedulers_and_state_dict, conv_pool_interp, int_and_bool_tensors)}
+def optimizer_in_backward(steps):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opts = {p: torch.optim.SGD([p], lr=0.01, momentum=0.9) for p in m.parameters()}
+    def hook(p):
+        opts[p].step(); opts[p].zero_grad()
+    for p in m.parameters(): p.register_post_accumulate_grad_hook(hook)
+    out = []
+    for i in range(steps):
+        loss = m(torch.randn(5, 8)).pow(2).mean()
+        loss.backward()
+        terra.iteration()
+        out.append(loss.item())
+    return out, params(m)
+
+def swa_averaging(steps):
+    from torch.optim.swa_utils import AveragedModel, SWALR
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    swa = AveragedModel(m); sched = SWALR(opt, swa_lr=0.01)
+    out = []
+    for i in range(steps):
+        loss = m(torch.randn(6, 8)).pow(2).mean()
+        train_step(opt, loss, out)
+        if i >= 4:
+            swa.update_parameters(m); sched.step()
+    return out, params(m, swa) + [b.clone() for b in swa.buffers() if b.dtype.is_floating_point]
+
+def spectral_and_orthogonal(steps):
+    torch.manual_seed(0)
+    a = nn.utils.parametrizations.spectral_norm(nn.Linear(6, 6))
+    b = nn.utils.parametrizations.orthogonal(nn.Linear(6, 6))
+    opt = torch.optim.SGD(list(a.parameters()) + list(b.parameters()), lr=0.05)
+    out = []
+    for i in range(steps):
+        loss = b(torch.relu(a(torch.randn(5, 6)))).pow(2).mean()
+        train_step(opt, loss, out)
+    return out, params(a, b) + [bb.clone() for bb in a.buffers()]
+
+def fused_and_foreach_optim(steps):
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    b = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    o1 = torch.optim.Adam(a.parameters(), lr=0.01, fused=True)
+    o2 = torch.optim.SGD(b.parameters(), lr=0.01, momentum=0.9, foreach=True)
+    out = []
+    for i in range(steps):
+        x = torch.randn(8, 4)
+        l1 = a(x).pow(2).mean(); l2 = b(x).pow(2).mean()
+        o1.zero_grad(); o2.zero_grad(); (l1 + l2).backward(); o1.step(); o2.step()
+        out.append(l1.item()); out.append(l2.item())
+    return out, params(a, b)
+
+def distributions_rsample(steps):
+    torch.manual_seed(0)
+    enc = nn.Linear(4, 4); dec = nn.Linear(2, 4); opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=0.01)
+    out = []
+    for i in range(steps):
+        x = torch.randn(8, 4)
+        mu, logv = enc(x).chunk(2, -1)
+        q = torch.distributions.Normal(mu, (0.5 * logv).exp())
+        z = q.rsample()
+        kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0., 1.)).sum(-1).mean()
+        loss = F.mse_loss(dec(z), x) + kl
+        train_step(opt, loss, out)
+    return out, params(enc, dec)
+
+def full_backward_hooks(steps):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)); opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    seen = []
+    m[0].register_full_backward_hook(lambda mod, gi, go: seen.append(float(go[0].abs().sum())))
+    m[2].register_full_backward_pre_hook(lambda mod, go: (go[0] * 0.5,))
+    out = []
+    for i in range(steps):
+        loss = m(torch.randn(6, 4)).pow(2).mean()
+        train_step(opt, loss, out)
+    return out + seen, params(m)
+
+def inplace_saved_error(steps):
+    torch.manual_seed(0)
+    m = nn.Linear(4, 4); opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    out = []
+    for i in range(steps):
+        y = m(torch.randn(3, 4))
+        z = y.sigmoid()
+        if i == steps - 4:
+            z.mul_(2)  # sigmoid saved its output: backward must raise
+        loss = z.sum()
+        try:
+            opt.zero_grad(); loss.backward(); opt.step()
+            out.append(loss.item())
+        except RuntimeError as e:
+            out.append("error: " + str(e)[:60])
+    return out, params(m)
+
+def jacobian_hessian(steps):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)); opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    out = []
+    for i in range(steps):
+        x = torch.randn(3)
+        J = torch.autograd.functional.jacobian(lambda v: m(v), x)
+        H = torch.autograd.functional.hessian(lambda v: m(v).sum(), x)
+        loss = m(x).pow(2).sum() + J.pow(2).sum() * 0.1
+        train_step(opt, loss, out)
+        out.append(float(H.trace()))
+    return out, params(m)
+
+def grad_hook_numpy_logging(steps):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)); opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    norms = []
+    m[0].weight.register_hook(lambda g: norms.append(float(np.linalg.norm(g.numpy()))))
+    m[2].weight.register_hook(lambda g: g * 0.5)
+    out = []
+    for i in range(steps):
+        loss = m(torch.randn(5, 8)).pow(2).mean()
+        train_step(opt, loss, out)
+    return out + norms, params(m)
+
+def partial_backward_inputs(steps):
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 8), nn.Linear(8, 1); opt = torch.optim.Adam(list(a.parameters()) + list(b.parameters()), lr=0.01)
+    out = []
+    for i in range(steps):
+        loss = b(torch.tanh(a(torch.randn(5, 4)))).pow(2).mean()
+        opt.zero_grad()
+        loss.backward(inputs=list(b.parameters()) if i % 2 else None)
+        opt.step(); out.append(loss.item())
+    return out, params(a, b)
+
+def tensor_lr(steps):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    lr = torch.tensor(0.01)
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    out = []
+    for i in range(steps):
+        loss = m(torch.randn(5, 4)).pow(2).mean()
+        train_step(opt, loss, out)
+        opt.param_groups[0]["lr"].mul_(0.9)
+    return out, params(m)
+
+def dtype_switch_midway(steps):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)); opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    out = []
+    dt = torch.float32
+    for i in range(steps):
+        if i == steps // 2:
+            m.double(); dt = torch.float64
+            opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        loss = m(torch.randn(5, 4, dtype=dt)).pow(2).mean()
+        train_step(opt, loss, out)
+    return out, params(m)
+
+def dataloader_shuffle_generator(steps):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 1))
+    g = torch.Generator().manual_seed(3)
+    dl = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, generator=g)
+    m = nn.Linear(8, 1); opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    out = []
+    n = 0
+    while n < steps:
+        for xb, yb in dl:
+            loss = F.mse_loss(m(xb), yb)
+            opt.zero_grad(); loss.backward(); opt.step()
+            n += 1
+            if n % 4 == 0: out.append(loss.item())
+            if n >= steps: break
+    return out, params(m)
+
+def grad_of_grad_penalty_wgan(steps):
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(4, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    G = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 4))
+    od = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.9)); og = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    out = []
+    for i in range(steps):
+        real = torch.randn(8, 4); fake = G(torch.randn(8, 2))
+        eps = torch.rand(8, 1)
+        mix = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
+        g, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
+        gp = ((g.norm(2, dim=1) - 1) ** 2).mean()
+        ld = D(fake.detach()).mean() - D(real).mean() + 10 * gp
+        od.zero_grad(); ld.backward(); od.step()
+        if i % 2 == 0:
+            lg = -D(G(torch.randn(8, 2))).mean()
+            og.zero_grad(); lg.backward(); og.step()
+        out.append(ld.item())
+    return out, params(D, G)
+
+S = {f.__name__: f for f in (sparse_embedding, retain_and_grad, freeze_midway, numpy_writes_tensor, view_inplace_on_param, history_stack, add_param_group, complex_and_ints, mha_and_weightnorm, data_dependent_branch, generator_and_reseed, deepcopy_target, amp_scaler, checkpointing, formats_and_lists, buffers_and_counters, custom_function_and_hooks, sampling_and_topk, masks_and_unique, packed_lstm, vmap_per_sample_grads, inference_mode_eval, activation_hooks_and_scripted, tensor_subclass, queued_inplace_order, lr_schedulers_and_state_dict, conv_pool_interp, int_and_bool_tensors,
+    optimizer_in_backward, swa_averaging, spectral_and_orthogonal, fused_and_foreach_optim, distributions_rsample, full_backward_hooks, inplace_saved_error, jacobian_hessian, grad_hook_numpy_logging, partial_backward_inputs, tensor_lr, dtype_switch_midway, dataloader_shuffle_generator, grad_of_grad_penalty_wgan)}
 name = sys.argv[1]
 steps = 16
 eager = S[name](steps)
@@ -444,7 +641,8 @@ same = eager[0] == coexec[0] and len(eager[1]) == len(coexec[1]) and all(
 print("RESULT " + json.dumps({"same": same, "iterations": stats.get("iterations", 0)}))
 '''
 
-NAMES = ['sparse_embedding', 'retain_and_grad', 'freeze_midway', 'numpy_writes_tensor', 'view_inplace_on_param', 'history_stack', 'add_param_group', 'complex_and_ints', 'mha_and_weightnorm', 'data_dependent_branch', 'generator_and_reseed', 'deepcopy_target', 'amp_scaler', 'checkpointing', 'formats_and_lists', 'buffers_and_counters', 'custom_function_and_hooks', 'sampling_and_topk', 'masks_and_unique', 'packed_lstm', 'vmap_per_sample_grads', 'inference_mode_eval', 'activation_hooks_and_scripted', 'tensor_subclass', 'queued_inplace_order', 'lr_schedulers_and_state_dict', 'conv_pool_interp', 'int_and_bool_tensors']
+NAMES = ['sparse_embedding', 'retain_and_grad', 'freeze_midway', 'numpy_writes_tensor', 'view_inplace_on_param', 'history_stack', 'add_param_group', 'complex_and_ints', 'mha_and_weightnorm', 'data_dependent_branch', 'generator_and_reseed', 'deepcopy_target', 'amp_scaler', 'checkpointing', 'formats_and_lists', 'buffers_and_counters', 'custom_function_and_hooks', 'sampling_and_topk', 'masks_and_unique', 'packed_lstm', 'vmap_per_sample_grads', 'inference_mode_eval', 'activation_hooks_and_scripted', 'tensor_subclass', 'queued_inplace_order', 'lr_schedulers_and_state_dict', 'conv_pool_interp', 'int_and_bool_tensors',
+         'optimizer_in_backward', 'swa_averaging', 'spectral_and_orthogonal', 'fused_and_foreach_optim', 'distributions_rsample', 'full_backward_hooks', 'inplace_saved_error', 'jacobian_hessian', 'grad_hook_numpy_logging', 'partial_backward_inputs', 'tensor_lr', 'dtype_switch_midway', 'dataloader_shuffle_generator', 'grad_of_grad_penalty_wgan']
 EAGER_ONLY = {"sparse_embedding"}
 
 
