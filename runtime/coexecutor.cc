@@ -297,14 +297,17 @@ bool CoExecutor::Strided(const graph::GraphNode& node) const {
   return true;
 }
 
+bool CoExecutor::DrawsFromDefaultGenerator(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs) {
+  if (kind.generator_arg < 0) return false;
+  const c10::IValue& g = inputs[static_cast<size_t>(kind.generator_arg)];
+  return !g.isGenerator() || g.toGenerator() == at::detail::getDefaultCPUGenerator();
+}
+
 bool CoExecutor::RunsInProgramTime(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs) const {
-  if (kind.generator_arg >= 0) {
-    const c10::IValue& g = inputs[static_cast<size_t>(kind.generator_arg)];
-    // The default generator's draws stay in the executor's program order:
-    // the calls that read or reseed it (torch.manual_seed, get_rng_state)
-    // drain first (terra/_sync.py, kind "rng").
-    if (g.isGenerator() && g.toGenerator() != at::detail::getDefaultCPUGenerator()) return true;
-  }
+  // The default generator's draws stay in the executor's program order:
+  // the calls that read or reseed it (torch.manual_seed, get_rng_state)
+  // drain first (terra/_sync.py, kind "rng").
+  if (kind.generator_arg >= 0 && !DrawsFromDefaultGenerator(kind, inputs)) return true;
   for (int arg : kind.returned_args) {
     const c10::IValue& v = inputs[static_cast<size_t>(arg)];
     if (v.isTensor() && DirectMemory(v.toTensor())) return true;
@@ -444,7 +447,13 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     // queued Work holds either (the copies of DirectMemory reads).
     ++stats_.eager;
     FailLearning("the backward draws from the program's generator or writes memory it holds directly");
-    AwaitAt(inputs, op.operator_name().name + " (runs now: a generator or memory the program holds)");
+    if (DrawsFromDefaultGenerator(kind, inputs)) {
+      // Writes such memory with random numbers (np_backed.uniform_()): after
+      // the queued draws.
+      DrainAt(op.operator_name().name + " (runs eagerly: draws into memory the program holds)");
+    } else {
+      AwaitAt(inputs, op.operator_name().name + " (runs now: a generator or memory the program holds)");
+    }
     return false;
   }
   if (k == Kind::kRestride) {
@@ -488,7 +497,9 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
         DrainAt(op.operator_name().name + " (runs eagerly)");
         return false;
       }
-      if (RunsNow(inputs)) {
+      // Not a random fill (torch.randn's normal_ on its fresh tensor): it
+      // draws after the random ops still queued, on the executor.
+      if (!DrawsFromDefaultGenerator(kind, inputs) && RunsNow(inputs)) {
         // Writes ordinary memory no queued Work touches, from ordinary
         // memory: run it here and now, in program order. The program may
         // write that memory directly next (torch.tensor stores its data

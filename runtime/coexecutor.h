@@ -200,6 +200,10 @@ class CoExecutor final : public OpObserver {
   // program may read or reseed at any time), or it writes memory the
   // program reaches without ATen (DirectMemory).
   bool RunsInProgramTime(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs) const;
+  // Whether the op draws from the default CPU generator (a random op given
+  // no generator, or that one): queued random ops draw from it in program
+  // order on the executor, so this one may not run here ahead of them.
+  static bool DrawsFromDefaultGenerator(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs);
   // Whether the op just validated (at `node`) has only plain strided
   // tensors in and out, which the executor can run on futures.
   bool Strided(const graph::GraphNode& node) const;
