@@ -464,7 +464,16 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
     const bool now = ForEachTensorArgument(inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
       return SlotOf(t) != nullptr || !executor_.MayBeQueued(t);
     });
-    k = now ? Kind::kView : Kind::kEager;
+    if (!now) {
+      // Once the queued Works that touch the tensor's memory have run, none
+      // holds it: restride here then (a random fill of a fresh tensor is
+      // queued, and `torch.randn(3, 1).t_()` waits for that fill alone).
+      ++stats_.eager;
+      FailLearning("the backward reads a value or runs an op eagerly");
+      AwaitAt(inputs, op.operator_name().name + " (restrides a tensor queued ops hold)");
+      return false;
+    }
+    k = Kind::kView;
   }
   switch (k) {
     case Kind::kView:
