@@ -315,7 +315,10 @@ bool CoExecutor::RunsInProgramTime(const OpKind& kind, c10::ArrayRef<c10::IValue
   return false;
 }
 
-bool CoExecutor::RunsNow(c10::ArrayRef<c10::IValue> inputs) const {
+bool CoExecutor::RunsNow(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs) const {
+  // A random fill (torch.randn's normal_ on its fresh tensor) draws after
+  // the random ops still queued, on the executor.
+  if (DrawsFromDefaultGenerator(kind, inputs)) return false;
   return ForEachTensorArgument(inputs, [&](const at::Tensor& t, uint32_t, int32_t) {
     return SlotOf(t) == nullptr && !executor_.MayBeQueued(t);
   });
@@ -506,9 +509,7 @@ bool CoExecutor::TakeOver(const c10::OperatorHandle& op, torch::jit::Stack* stac
         DrainAt(op.operator_name().name + " (runs eagerly)");
         return false;
       }
-      // Not a random fill (torch.randn's normal_ on its fresh tensor): it
-      // draws after the random ops still queued, on the executor.
-      if (!DrawsFromDefaultGenerator(kind, inputs) && RunsNow(inputs)) {
+      if (RunsNow(kind, inputs)) {
         // Writes ordinary memory no queued Work touches, from ordinary
         // memory: run it here and now, in program order. The program may
         // write that memory directly next (torch.tensor stores its data

@@ -193,8 +193,9 @@ class CoExecutor final : public OpObserver {
   uint64_t LocateHere(const std::string& what);
   // Whether an op on these arguments can run here at once, in program
   // order, without a drain: every tensor is in ordinary memory that no
-  // queued Work reads or writes.
-  bool RunsNow(c10::ArrayRef<c10::IValue> inputs) const;
+  // queued Work reads or writes, and it draws nothing from the default
+  // generator (which queued random ops draw from in program order).
+  bool RunsNow(const OpKind& kind, c10::ArrayRef<c10::IValue> inputs) const;
   // Whether the op must run on the program's thread, once its inputs are
   // real: it draws from a generator the program passed (whose state the
   // program may read or reseed at any time), or it writes memory the

@@ -319,15 +319,22 @@ void EndExposure(uintptr_t key) {
   e.size.store(e.count.size(), std::memory_order_release);
 }
 
-bool DirectMemory(const at::Tensor& t) {
+namespace {
+
+// DirectMemory, given `t`'s slot (SlotOf(t)), which the caller has.
+bool DirectMemoryIn(const at::Tensor& t, const Slot* slot) {
   if (!t.defined() || !t.has_storage() || !t.device().is_cpu()) return false;
   c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
   if (storage == nullptr) return false;
   // A future's memory is exposed only once real (numpy drains first).
   const bool real = storage->_mutable_data_ptr_no_checks().get() != nullptr;
   if (real && Exposures::Get().Has(storage)) return true;
-  return real && storage->allocator() == nullptr && SlotOf(t) == nullptr;
+  return real && storage->allocator() == nullptr && slot == nullptr;
 }
+
+}  // namespace
+
+bool DirectMemory(const at::Tensor& t) { return DirectMemoryIn(t, SlotOf(t)); }
 
 namespace {
 
@@ -402,19 +409,17 @@ void Executor::TakeSlotArguments(Work& work, uint64_t seq) {
   // unless the op writes it or a queued Work already holds it (then the
   // executor's program order decides, as for any ordinary memory; the
   // co-executor runs such writes on the program's thread).
-  auto fed = [&](const at::Tensor& t, uint32_t i) {
-    return !synchronous_ && !work.Writes(i) && DirectMemory(t) && !MayBeQueued(t);
-  };
   // What the Work holds in place of `t`: nothing new for ordinary memory
   // (held as given, and noted), an undefined placeholder for a future's
   // memory (its SlotArgument), a copy for memory fed by value.
   auto adopt = [&](const at::Tensor& t, uint32_t i, int32_t element) -> std::optional<at::Tensor> {
-    if (fed(t, i)) {
+    Slot* slot = SlotOf(t);
+    if (!synchronous_ && !work.Writes(i) && DirectMemoryIn(t, slot) && !MayBeQueued(t)) {
       ++fed_by_value_;
       if (commit_observer_) work.fed.push_back({i, element, t.storage(), TensorLayout::Of(t)});
       return CopyNow(t);
     }
-    if (Slot* slot = SlotOf(t)) {
+    if (slot != nullptr) {
       if (work.Writes(i)) slot->SetWriter(id_, seq);
       AddSlotArgument(work, t, slot, i, element);
       return at::Tensor();
@@ -756,6 +761,7 @@ void Executor::ThrowError() {
 
 void Executor::Materialize(uint64_t done) {
   size_t i = materialized_;
+  if (i == unmaterialized_.size() || unmaterialized_[i].first >= done) return;  // nothing ran since
   std::lock_guard<std::mutex> lock(MaterializeMutex());
   for (; i < unmaterialized_.size() && unmaterialized_[i].first < done; ++i) {
     c10::intrusive_ptr<c10::StorageImpl> storage = unmaterialized_[i].second.lock();

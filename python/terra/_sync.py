@@ -119,8 +119,8 @@ _SCALAR_METHODS = ("item", "__float__", "__int__", "__bool__", "__index__", "__c
 # The kinds whose result hands the tensor's memory to the program (on_handout).
 _HANDOUT_KINDS = frozenset(("numpy", "__array__"))
 
-# (on_read, suspend, on_handout, on_scalar) while installed, else None. Replaced whole, so that a wrapper
-# reading it once sees a consistent pair.
+# (on_read, suspend, on_handout, on_scalar) while installed, else None. Replaced whole,
+# so that a wrapper reading it once sees a consistent set.
 _hooks = None
 # Each entry: (owner, name, the raw attribute in owner.__dict__, or _ABSENT).
 _saved = []

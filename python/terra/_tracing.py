@@ -306,16 +306,18 @@ class _Session:
             self.tracer.resume()
 
     def _on_scalar(self, tensor):
-        # .item(), float(t), ...: the C++ interception handles this thread's.
+        """.item(), float(t), ...: the C++ interception handles this thread's; another
+        thread's wait for the value. True where the read came from another thread."""
         if self.active and self.phase == "coexec" and threading.get_ident() != self.thread:
-            _C._await_on_any_thread(tensor)
+            # A checkpoint or logging thread the program handed a tensor to cannot
+            # drain this thread's executor: it waits for that value.
+            if tensor is not None:
+                _C._await_on_any_thread(tensor)
+            return True
+        return False
 
     def _on_read(self, tensor, kind):
-        if self.active and self.phase == "coexec" and tensor is not None and \
-                threading.get_ident() != self.thread:
-            # Another thread (a checkpoint or logging thread the program handed a
-            # tensor to) cannot drain this thread's executor: it waits for that value.
-            _C._await_on_any_thread(tensor)
+        if self._on_scalar(tensor):
             return
         if kind == "set_data":
             # The tensor will point at other memory: queued ops that hold it (not
